@@ -1,0 +1,41 @@
+"""Transports: the one place where the broker is chosen.
+
+`create_transport(settings, …)` is the only code that looks at `settings.broker`;
+everything else talks to the `Transport` interface in `brokers.base`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from brokers.base import RetryPolicy, Subscription, Transport
+from brokers.metrics import DeliveryMetrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from config import Settings
+
+__all__ = ["RetryPolicy", "Subscription", "Transport", "create_transport", "retry_policy"]
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.retry_max_attempts,
+        delay_ms=settings.retry_delay_ms,
+        multiplier=settings.retry_backoff_multiplier,
+    )
+
+
+def create_transport(settings: Settings, registry: CollectorRegistry, app_name: str) -> Transport:
+    """Build the transport named by `settings.broker` (validated: kafka | rabbit | nats)."""
+    if settings.broker == "kafka":
+        from brokers.kafka import KafkaTransport as transport_cls
+    elif settings.broker == "rabbit":
+        from brokers.rabbit import RabbitTransport as transport_cls
+    elif settings.broker == "nats":
+        from brokers.nats import NatsTransport as transport_cls
+    else:  # Settings validates BROKER; this guards direct construction
+        raise ValueError(f"BROKER={settings.broker!r} is not supported; valid values are: kafka, rabbit, nats")
+    metrics = DeliveryMetrics(registry, transport_cls.label)
+    return transport_cls(settings.resolved_broker_url, retry_policy(settings), metrics, registry, app_name)

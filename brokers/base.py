@@ -1,0 +1,341 @@
+"""The transport interface every broker module implements.
+
+Contract of a `Transport` (proven for each broker by `tests/contract/`):
+
+* **Channels.** A channel is a logical stream of JSON events. `publish(channel, …)`
+  makes the body durable on the broker before it returns (Kafka `acks=all`,
+  RabbitMQ publisher confirm of a persistent message, JetStream publish ack).
+  Kafka: a topic named like the channel, keyed by `key`; RabbitMQ: a durable topic
+  exchange named like the channel; NATS: a subject named like the channel, kept in
+  a JetStream stream.
+* **Subscriptions.** `subscribe(Subscription)` delivers each message of the channel
+  to the handler at least once, per consumer name (Kafka group, RabbitMQ queue owner,
+  NATS durable). A message is acknowledged only after the handler returned, or after
+  it was handed to the retry or dead-letter path.
+* **Failure policy** (one `RetryPolicy`, carried out natively by each broker): a
+  handler that raises is redelivered until `max_attempts` deliveries, waiting
+  `delay × multiplier^(n-1)` before delivery n+1, without blocking other messages.
+  Then, or at once for a poison message (undecodable, schema-invalid, or
+  `NonRetryableError`), the original bytes go to `<channel>.DLT` with the envelope
+  headers built by `dead_letter_headers`, and the source message is acknowledged.
+* **Observability.** Every retry and dead letter is counted in `DeliveryMetrics`;
+  `consumer_lag` reports the messages waiting for one subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from faststream import BaseMiddleware
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from faststream._internal.broker import BrokerUsecase
+    from faststream.message import StreamMessage
+
+    from brokers.metrics import DeliveryMetrics
+
+log = logging.getLogger("switchboard.delivery")
+
+DLT_SUFFIX = ".DLT"
+ATTEMPTS_HEADER = "x-attempts"
+EVENT_ID_HEADER = "event-id"
+"""Set by publishers to the event's id; brokers with publish-side dedup use it."""
+H_ORIGINAL_DESTINATION = "x-original-destination"
+H_CONSUMER = "x-consumer"
+H_EXCEPTION_TYPE = "x-exception-type"
+H_EXCEPTION_MESSAGE = "x-exception-message"
+H_FAILED_AT = "x-failed-at"
+REASON_EXHAUSTED = "exhausted"
+REASON_POISON = "poison"
+MAX_EXCEPTION_MESSAGE = 1000
+
+
+class NonRetryableError(Exception):
+    """Raised by a handler for a failure that no redelivery can fix: dead-lettered at once."""
+
+
+def dead_letter_channel(channel: str) -> str:
+    return channel + DLT_SUFFIX
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how late a failed message is redelivered (see CONTRACT.md)."""
+
+    max_attempts: int = 3
+    delay_ms: int = 2000
+    multiplier: float = 1.0
+
+    def delay_ms_before(self, attempt: int) -> int:
+        """Milliseconds to wait before delivery `attempt` (2 ≤ attempt ≤ max_attempts)."""
+        return round(self.delay_ms * self.multiplier ** (attempt - 2))
+
+    def retry_delays_ms(self) -> list[int]:
+        """The distinct delays the policy can ask for, in attempt order (retry tiers)."""
+        delays = [self.delay_ms_before(n) for n in range(2, self.max_attempts + 1)]
+        return list(dict.fromkeys(delays))
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One consumer's handler on one channel.
+
+    `model` is the type the message body is validated into before `handler` runs
+    (a pydantic model or an annotated union); it also documents the channel in AsyncAPI.
+    """
+
+    channel: str
+    consumer: str
+    handler: Handler
+    model: Any
+    description: str = ""
+
+    @property
+    def dead_letter_channel(self) -> str:
+        return dead_letter_channel(self.channel)
+
+
+@dataclass
+class DeadLetter:
+    """A dead-lettered message as read back from a DLT (for listing and replay)."""
+
+    channel: str
+    body: bytes
+    headers: dict[str, str]
+    position: str = ""
+
+    @property
+    def original_destination(self) -> str:
+        return self.headers.get(H_ORIGINAL_DESTINATION) or self.channel.removesuffix(DLT_SUFFIX)
+
+    def as_dict(self) -> dict[str, Any]:
+        try:
+            body: Any = json.loads(self.body)
+        except ValueError:
+            body = self.body.decode("utf-8", "replace")
+        return {"channel": self.channel, "position": self.position, "headers": self.headers, "body": body}
+
+
+@dataclass
+class ReplayResult:
+    replayed: list[DeadLetter] = field(default_factory=list)
+
+
+def replay_headers(letter: DeadLetter) -> dict[str, str]:
+    """Headers a replayed message carries: no envelope, no attempt count, no dedup id
+    (a replay is a deliberate second publish); trace context travels on."""
+    return {
+        k: v
+        for k, v in letter.headers.items()
+        if not k.startswith(("x-", "Nats-")) and k not in (EVENT_ID_HEADER, "content-type", "correlation_id")
+    }
+
+
+def is_poison(exc: BaseException) -> bool:
+    """A failure that redelivery cannot fix: bad bytes, bad JSON, bad schema."""
+    return isinstance(exc, ValidationError | NonRetryableError | UnicodeDecodeError | json.JSONDecodeError)
+
+
+def dead_letter_headers(sub: Subscription, exc: BaseException, attempts: int) -> dict[str, str]:
+    """The envelope every broker puts on a dead-lettered message (CONTRACT.md)."""
+    message = str(exc).replace("\r", " ").replace("\n", " ")[:MAX_EXCEPTION_MESSAGE]
+    return {
+        H_ORIGINAL_DESTINATION: sub.channel,
+        H_CONSUMER: sub.consumer,
+        H_EXCEPTION_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+        H_EXCEPTION_MESSAGE: message,
+        ATTEMPTS_HEADER: str(attempts),
+        H_FAILED_AT: now_rfc3339(),
+    }
+
+
+def decode_json_or_bytes(msg: StreamMessage[Any]) -> Any:
+    """FastStream decoder that never raises: bad JSON stays bytes and fails validation as poison."""
+    try:
+        return json.loads(msg.body)
+    except (ValueError, UnicodeDecodeError):
+        return msg.body
+
+
+def attempt_header(headers: dict[str, Any], default: int = 1) -> int:
+    try:
+        return max(int(headers.get(ATTEMPTS_HEADER, default)), 1)
+    except (TypeError, ValueError):
+        return default
+
+
+class Transport(ABC):
+    """One broker behind the project's delivery contract (module docstring)."""
+
+    label: ClassVar[str]
+    """Value of the `broker` metric label: kafka | rabbitmq | nats."""
+
+    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics) -> None:
+        self.url = url
+        self.policy = policy
+        self.metrics = metrics
+        self.subscriptions: list[Subscription] = []
+
+    @property
+    @abstractmethod
+    def broker(self) -> BrokerUsecase[Any, Any]:
+        """The FastStream broker (for the app, AsyncAPI and testing)."""
+
+    def subscribe(self, sub: Subscription) -> None:
+        """Register `sub` with the shared failure policy."""
+        self.subscriptions.append(sub)
+        self.metrics.touch(sub.channel, sub.consumer)
+        self._register(sub)
+
+    @abstractmethod
+    def _register(self, sub: Subscription) -> None:
+        """Create the native subscriber(s), retry plumbing and DLT publisher for `sub`."""
+
+    @abstractmethod
+    def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
+        """Make `channel` known as published by this service (AsyncAPI)."""
+
+    @abstractmethod
+    async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
+        """Publish raw bytes durably; returns once the broker has confirmed them."""
+
+    async def ping(self, within_s: float = 2.0) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=within_s))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    @abstractmethod
+    async def consumer_lag(self, sub: Subscription) -> int | None:
+        """Messages waiting for `sub`'s consumer, or None if unknown right now."""
+
+    async def refresh_lag(self) -> None:
+        for sub in self.subscriptions:
+            try:
+                waiting = await self.consumer_lag(sub)
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail on a broker hiccup
+                log.debug("lag of %s/%s unavailable: %s", sub.channel, sub.consumer, exc)
+                continue
+            if waiting is not None:
+                self.metrics.set_lag(sub.channel, sub.consumer, waiting)
+
+    # --- dead-letter tooling -------------------------------------------------------
+    @abstractmethod
+    async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        """Read (without consuming) up to `limit` messages of `<channel>.DLT`."""
+
+    @abstractmethod
+    async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        """Move up to `limit` not-yet-replayed messages of `<channel>.DLT` back to their
+        original channel. Each message is replayed once: running it twice replays nothing new."""
+
+    async def start_extras(self) -> None:  # noqa: B027 - optional hook
+        """Declare broker objects the subscribers do not declare themselves."""
+
+    async def stop_extras(self) -> None:  # noqa: B027 - optional hook
+        """Release what `start_extras` acquired."""
+
+    # --- the failure policy, shared; brokers supply the native moves ---------------
+    def policy_middleware(self, sub: Subscription) -> Callable[..., BaseMiddleware]:
+        transport = self
+
+        class DeliveryPolicy(BaseMiddleware):
+            async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+                return await transport._deliver(sub, call_next, msg)
+
+        return DeliveryPolicy
+
+    async def _deliver(
+        self, sub: Subscription, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        if await self._defer_if_not_due(sub, msg):
+            return None
+        attempt = self._attempt_of(msg)
+        try:
+            result = await call_next(msg)
+        except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
+            await self._on_failure(sub, msg, exc, attempt)
+            return None
+        await msg.ack()
+        return result
+
+    async def _on_failure(self, sub: Subscription, msg: StreamMessage[Any], exc: Exception, attempt: int) -> None:
+        if not is_poison(exc) and attempt < self.policy.max_attempts:
+            delay_ms = self.policy.delay_ms_before(attempt + 1)
+            log.warning(
+                "retrying %s for %s in %d ms (attempt %d/%d failed: %s: %s)",
+                sub.channel,
+                sub.consumer,
+                delay_ms,
+                attempt,
+                self.policy.max_attempts,
+                type(exc).__name__,
+                exc,
+            )
+            await self._schedule_retry(sub, msg, attempt + 1, delay_ms)
+            self.metrics.retry_scheduled(sub.channel, sub.consumer)
+            return
+        reason = REASON_POISON if is_poison(exc) else REASON_EXHAUSTED
+        headers = dead_letter_headers(sub, exc, attempt)
+        log.error(
+            "dead-lettering message of %s for %s (%s after %d attempt(s)): %s: %s",
+            sub.channel,
+            sub.consumer,
+            reason,
+            attempt,
+            type(exc).__name__,
+            exc,
+        )
+        await self._dead_letter(sub, msg, headers)
+        self.metrics.dead_lettered(sub.channel, sub.consumer, reason)
+
+    async def _defer_if_not_due(self, sub: Subscription, msg: StreamMessage[Any]) -> bool:  # noqa: ARG002
+        """Brokers without native delay put a not-yet-due retry back; True if they did."""
+        return False
+
+    @abstractmethod
+    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
+        """Which delivery (1-based) of this message this is."""
+
+    @abstractmethod
+    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
+        """Arrange delivery `attempt` after `delay_ms` and settle the current one."""
+
+    @abstractmethod
+    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
+        """Publish the original bytes to the DLT with `headers`, then settle the source."""
+
+
+def due_in_seconds(due_at_ms: int) -> float:
+    return max(due_at_ms / 1000 - time.time(), 0.0)
+
+
+def handler_endpoint(sub: Subscription) -> Callable[..., Awaitable[None]]:
+    """A FastStream-facing function whose signature documents and validates `sub.model`."""
+
+    async def endpoint(event: Any) -> None:
+        await sub.handler(event)
+
+    endpoint.__annotations__ = {"event": sub.model, "return": None}
+    endpoint.__name__ = getattr(sub.handler, "__name__", "handle")
+    endpoint.__doc__ = sub.description or sub.handler.__doc__
+    return endpoint
+
+
+def unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,261 @@
+"""Apache Kafka transport: non-blocking retry topics with partition pause/resume.
+
+Native mapping of the shared policy:
+
+* channel → topic of that name; the record key is the orderId (one order's events
+  stay in one partition, in order). Producer `acks=all` + idempotence; consumers
+  commit only after the message was handled, retried or dead-lettered.
+* retry → the record is copied to this consumer group's retry tier topic
+  `<channel>.<consumer>.retry-<delay>ms` with `x-attempts` and `x-retry-due-at`
+  headers, and the source offset is committed. The tier's subscriber (same group)
+  pauses the partition until the head record is due (`pause` + `seek` +
+  `call_later(resume)`), so a waiting retry blocks neither the main topic nor other
+  partitions. One tier per distinct delay keeps every tier ordered by due time.
+* dead letter → `<channel>.DLT` with the envelope plus `x-original-partition`,
+  `x-original-offset` (of the first failed delivery).
+
+Ordering trade-off: once a record moves to a retry topic, later records of the same
+key are processed before it (as with Spring Kafka's non-blocking retries). The saga's
+state machine tolerates out-of-order events; strict per-key ordering would need
+blocking retries, which stall the whole partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+from brokers.base import (
+    ATTEMPTS_HEADER,
+    DeadLetter,
+    RetryPolicy,
+    Subscription,
+    Transport,
+    attempt_header,
+    decode_json_or_bytes,
+    due_in_seconds,
+    handler_endpoint,
+    replay_headers,
+)
+
+if TYPE_CHECKING:
+    from faststream.kafka.publisher.usecase import DefaultPublisher
+    from faststream.message import StreamMessage
+    from prometheus_client import CollectorRegistry
+
+    from brokers.metrics import DeliveryMetrics
+
+log = logging.getLogger("switchboard.kafka")
+
+DUE_HEADER = "x-retry-due-at"
+H_PARTITION = "x-original-partition"
+H_OFFSET = "x-original-offset"
+REPLAY_GROUP = "switchboard-dlt-replay"
+INTERNAL_HEADERS = ("content-type", "correlation_id", DUE_HEADER)
+
+
+def retry_topic(sub: Subscription, delay_ms: int) -> str:
+    return f"{sub.channel}.{sub.consumer}.retry-{delay_ms}ms"
+
+
+class KafkaTransport(Transport):
+    label = "kafka"
+
+    def __init__(
+        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, registry: CollectorRegistry, app_name: str
+    ) -> None:
+        super().__init__(url, policy, metrics)
+        self._broker = KafkaBroker(
+            url,
+            acks="all",
+            enable_idempotence=True,
+            middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=app_name)],
+            graceful_timeout=10.0,
+        )
+        self._publishers: dict[str, DefaultPublisher] = {}
+        self._main_subscribers: dict[tuple[str, str], Any] = {}
+        self._offsets_client: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+
+    @property
+    def broker(self) -> KafkaBroker:
+        return self._broker
+
+    # --- subscriptions -----------------------------------------------------------
+    def _register(self, sub: Subscription) -> None:
+        router = KafkaRouter(middlewares=[self.policy_middleware(sub)])
+        endpoint = handler_endpoint(sub)
+        common: dict[str, Any] = {
+            "group_id": sub.consumer,
+            "auto_offset_reset": "earliest",
+            "ack_policy": AckPolicy.MANUAL,
+            "decoder": decode_json_or_bytes,
+        }
+        main = router.subscriber(
+            sub.channel, title=f"{sub.channel}:{sub.consumer}", description=sub.description, **common
+        )
+        main(endpoint)
+        self._main_subscribers[(sub.channel, sub.consumer)] = main
+        for delay_ms in self.policy.retry_delays_ms():
+            router.subscriber(retry_topic(sub, delay_ms), include_in_schema=False, **common)(endpoint)
+        self._broker.include_router(router)
+        self._dlt_publisher(sub.dead_letter_channel, sub)
+
+    def _dlt_publisher(self, topic: str, sub: Subscription) -> DefaultPublisher:
+        if topic not in self._publishers:
+            self._publishers[topic] = self._broker.publisher(
+                topic,
+                title=topic,
+                description=f"Dead letters of {sub.channel}: original bytes plus x-* envelope headers.",
+                schema=sub.model,
+            )
+        return self._publishers[topic]
+
+    def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
+        if channel not in self._publishers:
+            self._publishers[channel] = self._broker.publisher(
+                channel, title=channel, description=description, schema=schema
+            )
+
+    async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
+        await self._broker.publish(body, channel, key=key.encode(), headers=headers)
+
+    # --- native failure moves ----------------------------------------------------
+    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
+        return attempt_header(msg.headers)
+
+    async def _defer_if_not_due(self, sub: Subscription, msg: StreamMessage[Any]) -> bool:  # noqa: ARG002
+        due_at = msg.headers.get(DUE_HEADER)
+        if not due_at:
+            return False
+        wait = due_in_seconds(int(due_at))
+        if wait <= 0:
+            return False
+        record = msg.raw_message
+        consumer = msg.consumer  # type: ignore[attr-defined]
+        tp = TopicPartition(record.topic, record.partition)
+        consumer.pause(tp)
+        consumer.seek(tp, record.offset)
+        asyncio.get_running_loop().call_later(wait, _resume, consumer, tp)
+        return True
+
+    def _carried_headers(self, msg: StreamMessage[Any]) -> dict[str, str]:
+        record = msg.raw_message
+        headers = {k: v for k, v in msg.headers.items() if k not in INTERNAL_HEADERS}
+        headers.setdefault(H_PARTITION, str(record.partition))
+        headers.setdefault(H_OFFSET, str(record.offset))
+        return headers
+
+    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
+        headers = self._carried_headers(msg)
+        headers[ATTEMPTS_HEADER] = str(attempt)
+        headers[DUE_HEADER] = str(int(time.time() * 1000) + delay_ms)
+        await self._broker.publish(msg.body, retry_topic(sub, delay_ms), key=msg.raw_message.key, headers=headers)
+        await msg.ack()
+
+    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
+        envelope = {**self._carried_headers(msg), **headers}
+        await self._dlt_publisher(sub.dead_letter_channel, sub).publish(
+            msg.body, key=msg.raw_message.key, headers=envelope
+        )
+        await msg.ack()
+
+    # --- lag -----------------------------------------------------------------------
+    async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
+        if self._offsets_client is None or self._admin is None:
+            offsets = AIOKafkaConsumer(bootstrap_servers=self.url, enable_auto_commit=False)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.url)
+            await offsets.start()
+            await admin.start()
+            self._offsets_client, self._admin = offsets, admin
+        return self._offsets_client, self._admin
+
+    async def consumer_lag(self, sub: Subscription) -> int | None:
+        return await self.group_lag(sub.channel, sub.consumer)
+
+    async def group_lag(self, topic: str, group: str) -> int | None:
+        """End offset − committed offset, summed over the topic's partitions."""
+        offsets, admin = await self._clients()
+        partitions = await offsets._client.fetch_all_metadata()
+        ids = partitions.partitions_for_topic(topic)
+        if not ids:
+            return None
+        tps = [TopicPartition(topic, p) for p in ids]
+        ends = await offsets.end_offsets(tps)
+        starts = await offsets.beginning_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        waiting = 0
+        for tp in tps:
+            meta = committed.get(tp)
+            position = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+            waiting += max(ends[tp] - position, 0)
+        return waiting
+
+    async def stop_extras(self) -> None:
+        for client in (self._offsets_client, self._admin):
+            if client is not None:
+                await client.close() if isinstance(client, AIOKafkaAdminClient) else await client.stop()
+        self._offsets_client = self._admin = None
+
+    # --- dead-letter tooling -----------------------------------------------------
+    async def _read_dlt(self, channel: str, group: str | None, limit: int) -> tuple[AIOKafkaConsumer, list[Any]]:
+        consumer = AIOKafkaConsumer(
+            channel + ".DLT",
+            bootstrap_servers=self.url,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        records: list[Any] = []
+        deadline = time.monotonic() + 5
+        while len(records) < limit and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=limit - len(records))
+            if not batch and consumer.assignment() and await _caught_up(consumer):
+                break
+            for recs in batch.values():
+                records.extend(recs)
+        return consumer, records
+
+    async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        consumer, records = await self._read_dlt(channel, None, limit)
+        await consumer.stop()
+        return [_dead_letter_of(r) for r in records]
+
+    async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        consumer, records = await self._read_dlt(channel, REPLAY_GROUP, limit)
+        try:
+            letters = [_dead_letter_of(r) for r in records]
+            for record, letter in zip(records, letters, strict=True):
+                await self._broker.publish(
+                    letter.body, letter.original_destination, key=record.key, headers=replay_headers(letter)
+                )
+            if records:
+                await consumer.commit()
+        finally:
+            await consumer.stop()
+        return letters
+
+
+def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    if tp in consumer.assignment():
+        consumer.resume(tp)
+
+
+async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
+    tps = list(consumer.assignment())
+    ends = await consumer.end_offsets(tps)
+    return all(await consumer.position(tp) >= ends[tp] for tp in tps)
+
+
+def _dead_letter_of(record: Any) -> DeadLetter:
+    headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+    return DeadLetter(record.topic, record.value, headers, f"{record.partition}:{record.offset}")

@@ -1,0 +1,236 @@
+"""RabbitMQ transport: dead-letter exchanges and TTL delay queues.
+
+Native mapping of the shared policy:
+
+* channel → durable topic exchange of that name; each consumer owns the durable
+  quorum queue `<channel>.<consumer>` bound with `#` (so any routing key reaches
+  it). Messages are persistent and published with publisher confirms; a message is
+  acked only after its handler returned or it was handed on.
+* retry → the message is re-published, with our own `x-attempts` header, to the
+  consumer's delay queue `<queue>.retry-<delay>ms`, whose `x-message-ttl` expires it
+  into the default exchange with the consumer queue as dead-letter routing key: it
+  comes back only to this consumer, after the delay, without blocking the queue.
+  One delay queue per distinct delay, so TTL expiry is never stuck behind a longer
+  one. (`x-death` is not used for counting: its semantics changed in 3.13/4.0.)
+* dead letter → the durable queue `<channel>.DLT` (default exchange), envelope in
+  headers. The consumer queue's `x-delivery-limit` also dead-letters there, as a
+  guard against crash loops that never reach our code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aio_pika.exceptions import ChannelClosed
+from faststream import AckPolicy
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from faststream.rabbit.schemas import Channel
+
+from brokers.base import (
+    ATTEMPTS_HEADER,
+    DeadLetter,
+    RetryPolicy,
+    Subscription,
+    Transport,
+    attempt_header,
+    decode_json_or_bytes,
+    handler_endpoint,
+    replay_headers,
+)
+
+if TYPE_CHECKING:
+    from faststream.message import StreamMessage
+    from prometheus_client import CollectorRegistry
+
+    from brokers.metrics import DeliveryMetrics
+
+log = logging.getLogger("switchboard.rabbit")
+
+CRASH_LOOP_DELIVERY_LIMIT = 10
+PREFETCH = 64
+
+
+def exchange_of(channel: str) -> RabbitExchange:
+    return RabbitExchange(channel, type=ExchangeType.TOPIC, durable=True)
+
+
+def consumer_queue_name(sub: Subscription) -> str:
+    return f"{sub.channel}.{sub.consumer}"
+
+
+def delay_queue(sub: Subscription, delay_ms: int) -> RabbitQueue:
+    return RabbitQueue(
+        f"{consumer_queue_name(sub)}.retry-{delay_ms}ms",
+        durable=True,
+        arguments={
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": consumer_queue_name(sub),
+        },
+    )
+
+
+def dead_letter_queue(channel: str) -> RabbitQueue:
+    return RabbitQueue(channel + ".DLT", durable=True)
+
+
+class RabbitTransport(Transport):
+    label = "rabbitmq"
+
+    def __init__(
+        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, registry: CollectorRegistry, app_name: str
+    ) -> None:
+        super().__init__(url, policy, metrics)
+        self._broker = RabbitBroker(
+            url,
+            default_channel=Channel(prefetch_count=PREFETCH),
+            middlewares=[RabbitPrometheusMiddleware(registry=registry, app_name=app_name)],
+            graceful_timeout=10.0,
+        )
+        self._declared_publishers: set[str] = set()
+        self._queues_to_declare: dict[str, RabbitQueue] = {}
+
+    @property
+    def broker(self) -> RabbitBroker:
+        return self._broker
+
+    def _register(self, sub: Subscription) -> None:
+        router = RabbitRouter(middlewares=[self.policy_middleware(sub)])
+        dlt = dead_letter_queue(sub.channel)
+        queue = RabbitQueue(
+            consumer_queue_name(sub),
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key="#",
+            arguments={
+                "x-delivery-limit": CRASH_LOOP_DELIVERY_LIMIT,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dlt.name,
+            },
+        )
+        router.subscriber(
+            queue,
+            exchange_of(sub.channel),
+            ack_policy=AckPolicy.MANUAL,
+            decoder=decode_json_or_bytes,
+            title=f"{sub.channel}:{sub.consumer}",
+            description=sub.description,
+        )(handler_endpoint(sub))
+        self._broker.include_router(router)
+        for delay_ms in self.policy.retry_delays_ms():
+            q = delay_queue(sub, delay_ms)
+            self._queues_to_declare[q.name] = q
+        self._queues_to_declare[dlt.name] = dlt
+        if dlt.name not in self._declared_publishers:
+            self._declared_publishers.add(dlt.name)
+            self._broker.publisher(
+                dlt,
+                title=dlt.name,
+                description=f"Dead letters of {sub.channel}: original bytes plus x-* envelope headers.",
+                schema=sub.model,
+                persist=True,
+            )
+
+    def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
+        if channel not in self._declared_publishers:
+            self._declared_publishers.add(channel)
+            self._broker.publisher(
+                exchange=exchange_of(channel), title=channel, description=description, schema=schema, persist=True
+            )
+
+    async def start_extras(self) -> None:
+        for queue in self._queues_to_declare.values():
+            await self._broker.declare_queue(queue)
+
+    async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
+        await self._broker.publish(body, exchange=exchange_of(channel), routing_key=key, persist=True, headers=headers)
+
+    # --- native failure moves ----------------------------------------------------
+    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
+        return attempt_header(msg.headers)
+
+    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
+        headers = {**msg.headers, ATTEMPTS_HEADER: str(attempt)}
+        await self._broker.publish(
+            msg.body,
+            routing_key=delay_queue(sub, delay_ms).name,
+            persist=True,
+            headers=headers,
+            content_type=msg.content_type,
+            message_id=msg.message_id,
+        )
+        await msg.ack()
+
+    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
+        await self._broker.publish(
+            msg.body,
+            routing_key=dead_letter_queue(sub.channel).name,
+            persist=True,
+            headers={**msg.headers, **headers},
+            content_type=msg.content_type,
+            message_id=msg.message_id,
+        )
+        await msg.ack()
+
+    # --- lag -----------------------------------------------------------------------
+    async def consumer_lag(self, sub: Subscription) -> int | None:
+        return await self._ready_messages(consumer_queue_name(sub))
+
+    async def _ready_messages(self, queue_name: str) -> int | None:
+        connection = self._broker._connection
+        if connection is None or connection.is_closed:
+            return None
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        except ChannelClosed:
+            return None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    # --- dead-letter tooling -----------------------------------------------------
+    async def _drain(self, channel: str, limit: int, *, consume: bool) -> list[DeadLetter]:
+        connection = self._broker._connection
+        assert connection is not None, "broker not connected"
+        chan = await connection.channel()
+        letters: list[DeadLetter] = []
+        held = []
+        try:
+            queue = await chan.declare_queue(dead_letter_queue(channel).name, durable=True)
+            while len(letters) < limit:
+                incoming = await queue.get(no_ack=False, fail=False)
+                if incoming is None:
+                    break
+                headers = {k: _text(v) for k, v in (incoming.headers or {}).items()}
+                letter = DeadLetter(queue.name, incoming.body, headers, str(incoming.delivery_tag))
+                letters.append(letter)
+                if consume:
+                    await self._broker.publish(
+                        letter.body,
+                        exchange=exchange_of(letter.original_destination),
+                        routing_key=headers.get("x-routing-key", ""),
+                        persist=True,
+                        headers=replay_headers(letter),
+                    )
+                    await incoming.ack()
+                else:
+                    held.append(incoming)
+        finally:
+            for incoming in held:
+                await incoming.nack(requeue=True)
+            await chan.close()
+        return letters
+
+    async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        return await self._drain(channel, limit, consume=False)
+
+    async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
+        return await self._drain(channel, limit, consume=True)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

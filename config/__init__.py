@@ -1,0 +1,5 @@
+"""Configuration: one `Settings` object read from the environment (see CONTRACT.md)."""
+
+from config.settings import Settings, get_settings
+
+__all__ = ["Settings", "get_settings"]

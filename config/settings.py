@@ -1,0 +1,94 @@
+"""The one pydantic-settings `Settings` of every service.
+
+Every name here is an environment variable (case-insensitive). Defaults point at
+localhost so a fresh checkout runs without configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BrokerName = Literal["kafka", "rabbit", "nats"]
+VALID_BROKERS: tuple[str, ...] = ("kafka", "rabbit", "nats")
+
+DEFAULT_BROKER_URLS: dict[str, str] = {
+    "kafka": "localhost:9092",
+    "rabbit": "amqp://guest:guest@localhost:5672/",
+    "nats": "nats://localhost:4222",
+}
+
+DEFAULT_HTTP_PORTS: dict[str, int] = {
+    "order": 8080,
+    "inventory": 8081,
+    "payment": 8082,
+    "notification": 8083,
+}
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by all services."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    broker: str = "kafka"
+    broker_url: str | None = None
+    database_url: str | None = None
+    data_dir: str = "./data"
+
+    retry_max_attempts: int = Field(3, ge=1)
+    retry_delay_ms: int = Field(2000, ge=0)
+    retry_backoff_multiplier: float = Field(1.0, ge=1.0)
+
+    admin_token: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+
+    channel_namespace: str = Field(
+        "",
+        description="Prefix for every channel name (`<ns>.order-events`); empty in "
+        "production, set by tests so runs never see each other's messages.",
+    )
+    fail_product_ids: str = Field(
+        "FAIL", description="Comma-separated productIds whose orders make the inventory handler raise."
+    )
+    payment_decline_user_prefix: str = Field(
+        "declined", description="Payments of users whose userId starts with this are declined."
+    )
+    log_level: str = "INFO"
+    otel_exporter_otlp_endpoint: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name not in VALID_BROKERS:
+            valid = ", ".join(VALID_BROKERS)
+            raise ValueError(f"BROKER={value!r} is not supported; valid values are: {valid}")
+        return name
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or DEFAULT_BROKER_URLS[self.broker]
+
+    def port_for(self, service: str) -> int:
+        return self.http_port or DEFAULT_HTTP_PORTS[service]
+
+    def database_url_for(self, service: str) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir}/{service}.db"
+
+    def channel(self, name: str) -> str:
+        """The broker-level name of a contract channel, namespaced when configured."""
+        return f"{self.channel_namespace}.{name}" if self.channel_namespace else name
+
+    @property
+    def failing_products(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.fail_product_ids.split(",") if p.strip())
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

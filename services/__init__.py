@@ -1,0 +1,1 @@
+"""The four services. Each module exposes `app` for `faststream run services.<name>:app`."""

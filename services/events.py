@@ -1,0 +1,119 @@
+"""The events of CONTRACT.md, as pydantic models (JSON field names in camelCase).
+
+Every event carries `eventType`, `eventId` (UUID), `schemaVersion`, `occurredAt`
+(RFC 3339) and `orderId`. Consumers validate bodies into these models; a body that
+does not validate is poison and goes to the dead-letter channel at once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+ORDER_EVENTS = "order-events"
+INVENTORY_EVENTS = "inventory-events"
+PAYMENT_EVENTS = "payment-events"
+
+ProductId = Annotated[str, Field(min_length=1, max_length=64, examples=["P123"])]
+OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", examples=["1001"])]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class OrderItem(Model):
+    product_id: ProductId
+    quantity: int = Field(gt=0, le=1_000_000, examples=[2])
+
+
+class Event(Model):
+    event_id: UUID = Field(default_factory=uuid4)
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    order_id: OrderId
+
+
+class OrderCreated(Event):
+    """An order was accepted and waits for stock. Also accepts the seed's flat
+    `{"orderId", "productId", "quantity"}` (schema version 0)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "OrderCreated",
+                    "eventId": "6f1c8f7e-3a57-4d2b-9a54-0c1b9d3f7e21",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:00Z",
+                    "orderId": "1001",
+                    "userId": "u-42",
+                    "items": [{"productId": "P123", "quantity": 2}],
+                }
+            ]
+        }
+    )
+
+    event_type: Literal["OrderCreated"] = "OrderCreated"
+    user_id: str | None = None
+    items: list[OrderItem] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_seed_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "items" not in data and "productId" in data:
+            upgraded = {k: v for k, v in data.items() if k not in ("productId", "quantity")}
+            upgraded["items"] = [{"productId": data["productId"], "quantity": data.get("quantity")}]
+            upgraded.setdefault("schemaVersion", 0)
+            upgraded.setdefault("eventType", "OrderCreated")
+            return upgraded
+        return data
+
+
+class InventoryReserved(Event):
+    """All items of the order are reserved."""
+
+    event_type: Literal["InventoryReserved"] = "InventoryReserved"
+    user_id: str | None = None
+    items: list[OrderItem]
+
+
+class InventoryRejected(Event):
+    """The order cannot be served (no stock, unknown product); nothing was reserved."""
+
+    event_type: Literal["InventoryRejected"] = "InventoryRejected"
+    reason: str
+
+
+class InventoryReleased(Event):
+    """A reservation was given back (compensation after a failed payment)."""
+
+    event_type: Literal["InventoryReleased"] = "InventoryReleased"
+    items: list[OrderItem] = Field(default_factory=list)
+
+
+class PaymentProcessed(Event):
+    event_type: Literal["PaymentProcessed"] = "PaymentProcessed"
+    amount: float = 0.0
+
+
+class PaymentFailed(Event):
+    event_type: Literal["PaymentFailed"] = "PaymentFailed"
+    reason: str
+
+
+InventoryEvent = Annotated[InventoryReserved | InventoryRejected | InventoryReleased, Field(discriminator="event_type")]
+PaymentEvent = Annotated[PaymentProcessed | PaymentFailed, Field(discriminator="event_type")]
+
+CHANNEL_EVENTS: dict[str, Any] = {
+    ORDER_EVENTS: OrderCreated,
+    INVENTORY_EVENTS: InventoryEvent,
+    PAYMENT_EVENTS: PaymentEvent,
+}

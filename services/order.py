@@ -1,0 +1,188 @@
+"""Order service: accepts orders over HTTP and follows each one through the saga.
+
+`POST /orders` stores the order and its `OrderCreated` in one transaction (outbox),
+so it answers 202 even while the broker is down. The order's status then follows
+inventory and payment events: PENDING → RESERVED → CONFIRMED, PENDING → REJECTED,
+RESERVED → CANCELLED. Status only ever moves forward, so repeated or out-of-order
+events are harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import ConfigDict, Field, model_validator
+
+from services.events import (
+    INVENTORY_EVENTS,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    InventoryEvent,
+    InventoryRejected,
+    InventoryReserved,
+    Model,
+    OrderCreated,
+    OrderId,
+    OrderItem,
+    PaymentEvent,
+    PaymentFailed,
+    PaymentProcessed,
+)
+from services.runtime import Service
+from services.store import Tx
+
+log = logging.getLogger("switchboard.order")
+
+service = Service("order", title="Order service", description="Accepts orders and tracks their status.")
+ORDERS = service.table("orders")
+service.schema += [
+    f"CREATE TABLE IF NOT EXISTS {ORDERS} (order_id TEXT PRIMARY KEY, user_id TEXT, items TEXT NOT NULL,"
+    " status TEXT NOT NULL, reason TEXT, fingerprint TEXT NOT NULL)",
+]
+
+STATUS_RANK = {"PENDING": 0, "RESERVED": 1, "CONFIRMED": 2, "CANCELLED": 2, "REJECTED": 2}
+
+
+class PlaceOrder(Model):
+    """Either the seed's `{orderId, productId, quantity}` or `{orderId?, userId?, items: [...]}`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"orderId": "1001", "productId": "P123", "quantity": 2},
+                {"userId": "u-42", "items": [{"productId": "P123", "quantity": 2}]},
+            ]
+        }
+    )
+
+    order_id: OrderId | None = None
+    user_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    items: list[OrderItem] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "items" not in data and ("productId" in data or "quantity" in data):
+            rest = {k: v for k, v in data.items() if k not in ("productId", "quantity")}
+            return {**rest, "items": [{"productId": data.get("productId"), "quantity": data.get("quantity")}]}
+        return data
+
+    def fingerprint(self) -> str:
+        items = sorted((i.product_id, i.quantity) for i in self.items)
+        return json.dumps({"userId": self.user_id, "items": items}, sort_keys=True)
+
+
+class OrderAccepted(Model):
+    order_id: str
+    status: str
+
+
+class OrderView(Model):
+    order_id: str
+    status: str
+    user_id: str | None = None
+    items: list[OrderItem]
+    reason: str | None = None
+
+
+class Conflict(Exception):
+    pass
+
+
+def _place(tx: Tx, order_id: str, order: PlaceOrder) -> bool:
+    """Insert the order and its event; False if the same order exists already, Conflict if another does."""
+    row = tx.fetchone(f"SELECT fingerprint FROM {ORDERS} WHERE order_id = ?", (order_id,))
+    if row is not None:
+        if row[0] != order.fingerprint():
+            raise Conflict(order_id)
+        return False
+    items_json = json.dumps([i.model_dump(by_alias=True) for i in order.items])
+    tx.execute(
+        f"INSERT INTO {ORDERS} (order_id, user_id, items, status, fingerprint) VALUES (?, ?, ?, 'PENDING', ?)",
+        (order_id, order.user_id, items_json, order.fingerprint()),
+    )
+    service.outbox.add(tx, ORDER_EVENTS, OrderCreated(order_id=order_id, user_id=order.user_id, items=order.items))
+    return True
+
+
+@service.api.post(
+    "/orders",
+    status_code=202,
+    response_model=OrderAccepted,
+    response_model_by_alias=True,
+    responses={
+        409: {"description": "orderId exists with a different body"},
+        413: {"description": "body over 64 KiB"},
+        422: {"description": "invalid body; `errors[].field` names the failing field"},
+    },
+)
+async def place_order(order: PlaceOrder) -> JSONResponse:
+    """Accept an order (202); the same orderId with the same body returns the same order."""
+    order_id = order.order_id or str(uuid.uuid4())
+    try:
+        created = await service.db.transaction(lambda tx: _place(tx, order_id, order))
+    except Conflict:
+        raise HTTPException(status_code=409, detail=f"order {order_id} exists with a different body") from None
+    if created:
+        log.info("order %s accepted", order_id)
+        service.outbox.notify()
+    body = OrderAccepted(order_id=order_id, status="PENDING").model_dump(by_alias=True)
+    return JSONResponse(body, status_code=202, headers={} if created else {"Idempotent-Replayed": "true"})
+
+
+@service.api.get(
+    "/orders/{order_id}",
+    response_model=OrderView,
+    response_model_by_alias=True,
+    responses={404: {"description": "unknown order"}},
+)
+async def get_order(order_id: Annotated[str, Path(min_length=1, max_length=64)]) -> OrderView:
+    row = await service.db.transaction(
+        lambda tx: tx.fetchone(
+            f"SELECT order_id, status, user_id, items, reason FROM {ORDERS} WHERE order_id = ?", (order_id,)
+        )
+    )
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"unknown order {order_id}")
+    return OrderView(order_id=row[0], status=row[1], user_id=row[2], items=json.loads(row[3]), reason=row[4])
+
+
+def _advance(tx: Tx, order_id: str, status: str, reason: str | None) -> bool:
+    row = tx.fetchone(f"SELECT status FROM {ORDERS} WHERE order_id = ?", (order_id,))
+    if row is None or STATUS_RANK[status] <= STATUS_RANK[row[0]]:
+        return False
+    tx.execute(f"UPDATE {ORDERS} SET status = ?, reason = ? WHERE order_id = ?", (status, reason, order_id))
+    return True
+
+
+async def _move(order_id: str, status: str, reason: str | None = None) -> None:
+    if await service.db.transaction(lambda tx: _advance(tx, order_id, status, reason)):
+        log.info("order %s → %s%s", order_id, status, f" ({reason})" if reason else "")
+
+
+async def track_inventory(event: InventoryReserved | InventoryRejected | Any) -> None:
+    """Move the order to RESERVED or REJECTED."""
+    if isinstance(event, InventoryReserved):
+        await _move(event.order_id, "RESERVED")
+    elif isinstance(event, InventoryRejected):
+        await _move(event.order_id, "REJECTED", event.reason)
+
+
+async def track_payment(event: PaymentProcessed | PaymentFailed) -> None:
+    """Move the order to CONFIRMED or CANCELLED."""
+    if isinstance(event, PaymentProcessed):
+        await _move(event.order_id, "CONFIRMED")
+    else:
+        await _move(event.order_id, "CANCELLED", event.reason)
+
+
+service.subscribe(INVENTORY_EVENTS, track_inventory, InventoryEvent, "Moves orders to RESERVED or REJECTED.")
+service.subscribe(PAYMENT_EVENTS, track_payment, PaymentEvent, "Moves orders to CONFIRMED or CANCELLED.")
+service.publishes(ORDER_EVENTS, OrderCreated, "One OrderCreated per accepted order, keyed by orderId.")
+
+app = service.app

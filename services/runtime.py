@@ -1,0 +1,223 @@
+"""What every service process shares: transport, store, outbox, HTTP endpoints.
+
+A service module builds one `Service`, registers its handlers with `subscribe`
+and the channels it writes with `publishes`, adds its own HTTP routes to
+`service.api`, and exposes `app = service.app` for `faststream run services.<name>:app`.
+
+HTTP contract of every service: `/health` (200 while the process runs), `/ready`
+(200 when broker and store answer, else 503), `/metrics` (Prometheus text),
+`/docs/asyncapi` + `/docs/asyncapi.json` (AsyncAPI, no try-it-out), and
+`/docs/openapi` + `/docs/openapi.json` for the HTTP API. Request bodies over
+64 KiB get 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.asgi.types import Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from brokers import Subscription, create_transport
+from config import Settings, get_settings
+from services.outbox import Outbox
+from services.store import Database
+
+MAX_BODY_BYTES = 64 * 1024
+READY_TIMEOUT_S = 2.0
+LAG_TIMEOUT_S = 3.0
+
+log = logging.getLogger("switchboard")
+
+
+class ServiceApp(AsgiFastStream):
+    """FastStream's ASGI app (lifespan, AsyncAPI) with every other path served by FastAPI."""
+
+    def __init__(
+        self,
+        *args: Any,
+        http: Callable[[Scope, Receive, Send], Awaitable[None]],
+        defaults: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = http
+        self._defaults = defaults
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+            return
+        await super().not_found(scope, receive, send)
+
+    async def run(self, log_level: int = logging.INFO, run_extra_options: dict[str, Any] | None = None) -> None:
+        options = {**self._defaults, **(run_extra_options or {})}
+        await super().run(log_level, options)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for request bodies over `limit` bytes, declared or streamed."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body exceeds {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's errors with a dotted `field` path (`items.0.quantity`) added."""
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", ""), "type": err.get("type", "")})
+    return errors
+
+
+class Service:
+    """One service process (see module docstring)."""
+
+    def __init__(self, name: str, *, title: str, description: str, settings: Settings | None = None) -> None:
+        self.name = name
+        self.consumer = f"{name}-service"
+        self.settings = settings or get_settings()
+        logging.basicConfig(
+            level=self.settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        self.registry = CollectorRegistry()
+        self.transport = create_transport(self.settings, self.registry, app_name=f"{name}-service")
+        self.db = Database(self.settings.database_url_for(name))
+        self.outbox = Outbox(self.db, self.transport, self.table("outbox"), self._channel_names())
+        self.schema: list[str] = [*self.outbox.ddl()]
+        self.api = FastAPI(
+            title=title,
+            description=description,
+            docs_url="/docs/openapi",
+            openapi_url="/docs/openapi.json",
+            redoc_url=None,
+        )
+        self._add_common_routes()
+        self.app = ServiceApp(
+            self.transport.broker,
+            http=BodyLimit(self.api, MAX_BODY_BYTES),
+            defaults={"port": self.settings.port_for(name), "host": self.settings.http_host},
+            asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
+            on_startup=[self._on_startup],
+            after_startup=[self._after_startup],
+            on_shutdown=[self._on_shutdown],
+        )
+        self.app.schema.title = f"Switchboard {title}"  # type: ignore[attr-defined]
+
+    # --- wiring --------------------------------------------------------------------
+    def table(self, name: str) -> str:
+        return f"{self.name}_{name}"
+
+    def channel(self, contract_name: str) -> str:
+        return self.settings.channel(contract_name)
+
+    def _channel_names(self) -> dict[str, str]:
+        from services.events import CHANNEL_EVENTS
+
+        return {name: self.channel(name) for name in CHANNEL_EVENTS}
+
+    def subscribe(self, channel: str, handler: Callable[[Any], Awaitable[None]], model: Any, description: str) -> None:
+        self.transport.subscribe(Subscription(self.channel(channel), self.consumer, handler, model, description))
+
+    def publishes(self, channel: str, model: Any, description: str) -> None:
+        self.transport.declare_publisher(self.channel(channel), model, description)
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def _on_startup(self) -> None:
+        await self.db.connect(self.schema)
+        await self.transport.broker.connect()
+        await self.transport.start_extras()
+
+    async def _after_startup(self) -> None:
+        self.outbox.start()
+        log.info("%s ready on %s (broker %s)", self.consumer, self.transport.url, self.transport.label)
+
+    async def _on_shutdown(self) -> None:
+        await self.outbox.stop()
+        await self.transport.stop_extras()
+        await self.db.close()
+
+    # --- common HTTP ---------------------------------------------------------------
+    def _add_common_routes(self) -> None:
+        api = self.api
+
+        @api.exception_handler(RequestValidationError)
+        async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+            return JSONResponse({"detail": "invalid request", "errors": validation_errors(exc)}, status_code=422)
+
+        @api.get("/health", tags=["ops"], summary="200 while the process runs")
+        async def health() -> dict[str, str]:
+            return {"status": "UP", "service": self.consumer}
+
+        @api.get("/ready", tags=["ops"], summary="200 when broker and store answer, else 503")
+        async def ready() -> JSONResponse:
+            broker_ok, store_ok = await asyncio.gather(self.transport.ping(READY_TIMEOUT_S), self.db.ping())
+            status = 200 if broker_ok and store_ok else 503
+            body = {"status": "UP" if status == 200 else "DOWN", "broker": broker_ok, "store": store_ok}
+            return JSONResponse(body, status_code=status)
+
+        @api.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+        async def metrics() -> Response:
+            try:
+                await asyncio.wait_for(self.transport.refresh_lag(), LAG_TIMEOUT_S)
+            except TimeoutError:
+                log.debug("lag refresh timed out")
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def require_admin(self, request: Request) -> None:
+        """403 unless `Authorization: Bearer <ADMIN_TOKEN>` matches a configured token."""
+        from fastapi import HTTPException
+
+        token = self.settings.admin_token
+        if not token or request.headers.get("authorization", "") != f"Bearer {token}":
+            raise HTTPException(status_code=403, detail="admin token required")
