@@ -190,6 +190,7 @@ class Transport(ABC):
         self.policy = policy
         self.metrics = metrics
         self.subscriptions: list[Subscription] = []
+        self.lag_watch: dict[tuple[str, str], None] = {}
 
     @property
     @abstractmethod
@@ -200,7 +201,12 @@ class Transport(ABC):
         """Register `sub` with the shared failure policy."""
         self.subscriptions.append(sub)
         self.metrics.touch(sub.channel, sub.consumer)
+        self.watch_lag(sub.channel, sub.consumer)
         self._register(sub)
+
+    def watch_lag(self, channel: str, consumer: str) -> None:
+        """Report `consumer_lag_messages` for `consumer` on `channel`, even if another process consumes."""
+        self.lag_watch[(channel, consumer)] = None
 
     @abstractmethod
     def _register(self, sub: Subscription) -> None:
@@ -221,18 +227,19 @@ class Transport(ABC):
             return False
 
     @abstractmethod
-    async def consumer_lag(self, sub: Subscription) -> int | None:
-        """Messages waiting for `sub`'s consumer, or None if unknown right now."""
+    async def consumer_lag(self, channel: str, consumer: str) -> int | None:
+        """Messages of `channel` waiting for `consumer`, or None if unknown right now
+        (the consumer never subscribed, or the broker does not answer)."""
 
     async def refresh_lag(self) -> None:
-        for sub in self.subscriptions:
+        for channel, consumer in self.lag_watch:
             try:
-                waiting = await self.consumer_lag(sub)
+                waiting = await self.consumer_lag(channel, consumer)
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail on a broker hiccup
-                log.debug("lag of %s/%s unavailable: %s", sub.channel, sub.consumer, exc)
+                log.debug("lag of %s/%s unavailable: %s", channel, consumer, exc)
                 continue
             if waiting is not None:
-                self.metrics.set_lag(sub.channel, sub.consumer, waiting)
+                self.metrics.set_lag(channel, consumer, waiting)
 
     # --- dead-letter tooling -------------------------------------------------------
     @abstractmethod

@@ -178,11 +178,9 @@ class KafkaTransport(Transport):
             self._offsets_client, self._admin = offsets, admin
         return self._offsets_client, self._admin
 
-    async def consumer_lag(self, sub: Subscription) -> int | None:
-        return await self.group_lag(sub.channel, sub.consumer)
-
-    async def group_lag(self, topic: str, group: str) -> int | None:
-        """End offset − committed offset, summed over the topic's partitions."""
+    async def consumer_lag(self, channel: str, consumer: str) -> int | None:
+        """End offset − committed offset of the group, summed over the topic's partitions."""
+        topic, group = channel, consumer
         offsets, admin = await self._clients()
         partitions = await offsets._client.fetch_all_metadata()
         ids = partitions.partitions_for_topic(topic)
@@ -253,7 +251,8 @@ def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
 async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
     tps = list(consumer.assignment())
     ends = await consumer.end_offsets(tps)
-    return all(await consumer.position(tp) >= ends[tp] for tp in tps)
+    positions = [await consumer.position(tp) for tp in tps]
+    return all(position >= ends[tp] for position, tp in zip(positions, tps, strict=True))
 
 
 def _dead_letter_of(record: Any) -> DeadLetter:

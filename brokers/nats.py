@@ -158,9 +158,10 @@ class NatsTransport(Transport):
         await msg.ack()
 
     # --- lag -----------------------------------------------------------------------
-    async def consumer_lag(self, sub: Subscription) -> int | None:
+    async def consumer_lag(self, channel: str, consumer: str) -> int | None:
+        """Messages the durable has not been delivered yet (`num_pending`)."""
         try:
-            info = await self._js.consumer_info(self._stream(sub.channel).name, sub.consumer)
+            info = await self._js.consumer_info(stream_name(channel), consumer)
         except NotFoundError:
             return None
         return int(info.num_pending or 0)

@@ -57,7 +57,7 @@ def exchange_of(channel: str) -> RabbitExchange:
 
 
 def consumer_queue_name(sub: Subscription) -> str:
-    return f"{sub.channel}.{sub.consumer}"
+    return f"{sub.channel}.{sub.consumer}"  # also assumed by consumer_lag
 
 
 def delay_queue(sub: Subscription, delay_ms: int) -> RabbitQueue:
@@ -152,7 +152,7 @@ class RabbitTransport(Transport):
         return attempt_header(msg.headers)
 
     async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
-        headers = {**msg.headers, ATTEMPTS_HEADER: str(attempt)}
+        headers = {**_carried(msg.headers), ATTEMPTS_HEADER: str(attempt)}
         await self._broker.publish(
             msg.body,
             routing_key=delay_queue(sub, delay_ms).name,
@@ -175,10 +175,9 @@ class RabbitTransport(Transport):
         await msg.ack()
 
     # --- lag -----------------------------------------------------------------------
-    async def consumer_lag(self, sub: Subscription) -> int | None:
-        return await self._ready_messages(consumer_queue_name(sub))
-
-    async def _ready_messages(self, queue_name: str) -> int | None:
+    async def consumer_lag(self, channel: str, consumer: str) -> int | None:
+        """Ready messages in the consumer's queue."""
+        queue_name = f"{channel}.{consumer}"
         connection = self._broker._connection
         if connection is None or connection.is_closed:
             return None
@@ -230,6 +229,11 @@ class RabbitTransport(Transport):
 
     async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         return await self._drain(channel, limit, consume=True)
+
+
+def _carried(headers: dict[str, Any]) -> dict[str, Any]:
+    """Headers a retried or dead-lettered copy keeps: RabbitMQ's own death records stay behind."""
+    return {k: v for k, v in headers.items() if not k.startswith(("x-death", "x-first-death", "x-last-death"))}
 
 
 def _text(value: Any) -> str:

@@ -112,6 +112,14 @@ class PaymentFailed(Event):
 InventoryEvent = Annotated[InventoryReserved | InventoryRejected | InventoryReleased, Field(discriminator="event_type")]
 PaymentEvent = Annotated[PaymentProcessed | PaymentFailed, Field(discriminator="event_type")]
 
+CONSUMERS: dict[str, tuple[str, ...]] = {
+    ORDER_EVENTS: ("inventory-service", "notification-service"),
+    INVENTORY_EVENTS: ("order-service", "payment-service", "notification-service"),
+    PAYMENT_EVENTS: ("order-service", "inventory-service", "notification-service"),
+}
+"""Who consumes each channel: a publisher reports its consumers' lag, so the gauge
+stays visible while a consumer is down (when it matters most)."""
+
 CHANNEL_EVENTS: dict[str, Any] = {
     ORDER_EVENTS: OrderCreated,
     INVENTORY_EVENTS: InventoryEvent,

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from brokers import Subscription, create_transport
 from config import Settings, get_settings
+from services.events import CHANNEL_EVENTS, CONSUMERS
 from services.outbox import Outbox
 from services.store import Database
 
@@ -151,6 +152,7 @@ class Service:
             on_startup=[self._on_startup],
             after_startup=[self._after_startup],
             on_shutdown=[self._on_shutdown],
+            after_shutdown=[self._after_shutdown],
         )
         self.app.schema.title = f"Switchboard {title}"  # type: ignore[attr-defined]
 
@@ -162,8 +164,6 @@ class Service:
         return self.settings.channel(contract_name)
 
     def _channel_names(self) -> dict[str, str]:
-        from services.events import CHANNEL_EVENTS
-
         return {name: self.channel(name) for name in CHANNEL_EVENTS}
 
     def subscribe(self, channel: str, handler: Callable[[Any], Awaitable[None]], model: Any, description: str) -> None:
@@ -171,6 +171,8 @@ class Service:
 
     def publishes(self, channel: str, model: Any, description: str) -> None:
         self.transport.declare_publisher(self.channel(channel), model, description)
+        for consumer in CONSUMERS.get(channel, ()):
+            self.transport.watch_lag(self.channel(channel), consumer)
 
     # --- lifecycle -----------------------------------------------------------------
     async def _on_startup(self) -> None:
@@ -185,6 +187,9 @@ class Service:
     async def _on_shutdown(self) -> None:
         await self.outbox.stop()
         await self.transport.stop_extras()
+
+    async def _after_shutdown(self) -> None:
+        """Subscribers have stopped (they may use the store until then)."""
         await self.db.close()
 
     # --- common HTTP ---------------------------------------------------------------

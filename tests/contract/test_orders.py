@@ -1,0 +1,214 @@
+"""CONTRACT.md, HTTP and order flow, on every real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.support.raw import RawClient
+from tests.support.system import System, eventually, uid
+
+pytestmark = pytest.mark.contract
+DONE = {"RESERVED", "CONFIRMED"}
+
+
+async def test_seed_curl_flow_deducts_stock(system: System) -> None:
+    product, order_id = uid("P"), uid("o")
+    await system.set_stock(product, 10)
+
+    r = await system.post_order({"orderId": order_id, "productId": product, "quantity": 2})
+
+    assert r.status_code == 202
+    assert r.json() == {"orderId": order_id, "status": "PENDING"}
+    order = await system.wait_status(order_id, DONE)
+    assert order["items"] == [{"productId": product, "quantity": 2}]
+    assert await system.stock(product) == 8
+
+
+async def test_items_shape_reserves_every_item_and_payment_confirms(system: System) -> None:
+    a, b = uid("A"), uid("B")
+    await system.set_stock(a, 5)
+    await system.set_stock(b, 5)
+
+    r = await system.post_order(
+        {"userId": "u1", "items": [{"productId": a, "quantity": 2}, {"productId": b, "quantity": 3}]}
+    )
+
+    assert r.status_code == 202
+    order_id = r.json()["orderId"]
+    assert order_id
+    order = await system.wait_status(order_id, {"CONFIRMED"})
+    assert order["userId"] == "u1"
+    assert (await system.stock(a), await system.stock(b)) == (3, 2)
+
+
+async def test_insufficient_stock_rejects_and_leaves_stock_unchanged(system: System) -> None:
+    a, b = uid("A"), uid("B")
+    await system.set_stock(a, 5)
+    await system.set_stock(b, 1)
+
+    r = await system.post_order({"items": [{"productId": a, "quantity": 2}, {"productId": b, "quantity": 3}]})
+
+    order = await system.wait_status(r.json()["orderId"], {"REJECTED"})
+    assert order["status"] == "REJECTED"
+    assert (await system.stock(a), await system.stock(b)) == (5, 1)
+
+
+async def test_unknown_product_is_rejected(system: System) -> None:
+    r = await system.post_order({"productId": uid("NOPE"), "quantity": 1})
+    await system.wait_status(r.json()["orderId"], {"REJECTED"})
+
+
+async def test_concurrent_orders_never_oversell(system: System) -> None:
+    product = uid("P")
+    await system.set_stock(product, 10)
+
+    responses = await asyncio.gather(*(system.post_order({"productId": product, "quantity": 1}) for _ in range(40)))
+
+    assert all(r.status_code == 202 for r in responses)
+    ids = [r.json()["orderId"] for r in responses]
+    final = {"CONFIRMED", "REJECTED"}
+    orders = await asyncio.gather(*(system.wait_status(i, final, timeout=60) for i in ids))
+    statuses = [o["status"] for o in orders]
+    assert statuses.count("CONFIRMED") == 10
+    assert statuses.count("REJECTED") == 30
+    assert await system.stock(product) == 0
+
+
+async def test_payment_failure_cancels_and_releases_stock(system: System) -> None:
+    product = uid("P")
+    await system.set_stock(product, 4)
+
+    r = await system.post_order({"userId": "declined-" + uid(), "items": [{"productId": product, "quantity": 3}]})
+
+    await system.wait_status(r.json()["orderId"], {"CANCELLED"})
+    assert await eventually(lambda: system.stock(product), lambda s: s == 4, what="stock released")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"productId": "P1", "quantity": 0}, "items.0.quantity"),
+        ({"productId": "P1", "quantity": "two"}, "items.0.quantity"),
+        ({"productId": "", "quantity": 1}, "items.0.productId"),
+        ({"items": []}, "items"),
+        ({"items": [{"productId": "P1"}]}, "items.0.quantity"),
+        ({"orderId": "bad id!", "productId": "P1", "quantity": 1}, "orderId"),
+    ],
+)
+async def test_invalid_bodies_get_422_naming_the_field(system: System, body: dict, field: str) -> None:
+    r = await system.post_order(body)
+    assert r.status_code == 422
+    assert field in {e["field"] for e in r.json()["errors"]}
+
+
+async def test_malformed_json_gets_422(system: System) -> None:
+    r = await system.http.post(
+        system.url("order", "/orders"), content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+
+
+async def test_body_over_64_kib_gets_413(system: System) -> None:
+    big = {"productId": "P1", "quantity": 1, "userId": "x" * (65 * 1024)}
+    r = await system.http.post(
+        system.url("order", "/orders"), content=json.dumps(big).encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+async def test_unknown_order_and_product_are_404(system: System) -> None:
+    assert (await system.http.get(system.url("order", f"/orders/{uid()}"))).status_code == 404
+    assert (await system.http.get(system.url("inventory", f"/inventory/{uid()}"))).status_code == 404
+
+
+async def test_setting_stock_needs_the_admin_token(system: System) -> None:
+    url = system.url("inventory", f"/inventory/{uid('P')}")
+    assert (await system.http.put(url, json={"available": 1})).status_code == 403
+    wrong = {"Authorization": "Bearer wrong"}
+    assert (await system.http.put(url, json={"available": 1}, headers=wrong)).status_code == 403
+
+
+async def test_same_order_twice_is_one_order_and_one_event(system: System, raw: RawClient) -> None:
+    product, order_id = uid("P"), uid("o")
+    await system.set_stock(product, 10)
+    tap = await raw.tap(system.channel("order-events"))
+    body = {"orderId": order_id, "productId": product, "quantity": 1}
+
+    first = await system.post_order(body)
+    again = await system.post_order(body)
+    conflict = await system.post_order({**body, "quantity": 2})
+
+    assert (first.status_code, again.status_code, conflict.status_code) == (202, 202, 409)
+    assert again.json()["orderId"] == first.json()["orderId"] == order_id
+    await system.wait_status(order_id, {"CONFIRMED"})
+    assert await system.stock(product) == 9
+    events = [m for m in await raw.tapped(tap) if m.order_id() == order_id]
+    assert len(events) == 1
+    event = events[0].json()
+    assert event["eventType"] == "OrderCreated"
+    assert {"eventId", "schemaVersion", "occurredAt", "orderId", "items"} <= event.keys()
+
+
+async def test_seed_flat_event_from_a_foreign_client_is_consumed(system: System, raw: RawClient) -> None:
+    product, order_id = uid("P"), uid("seed")
+    await system.set_stock(product, 10)
+
+    body = json.dumps({"orderId": order_id, "productId": product, "quantity": 3}).encode()
+    await raw.publish(system.channel("order-events"), body, key=order_id)
+
+    await eventually(lambda: system.stock(product), lambda s: s == 7, what="seed event consumed")
+    lines = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
+    assert len(lines) == 1
+
+
+async def test_redelivered_order_created_reserves_once(system: System, raw: RawClient) -> None:
+    product, order_id = uid("P"), uid("dup")
+    await system.set_stock(product, 10)
+    event = {
+        "eventType": "OrderCreated",
+        "eventId": "3b241101-e2bb-4255-8caf-4136c566a962",
+        "schemaVersion": 1,
+        "occurredAt": "2026-11-27T10:00:00Z",
+        "orderId": order_id,
+        "items": [{"productId": product, "quantity": 2}],
+    }
+    for _ in range(3):
+        await raw.publish(system.channel("order-events"), json.dumps(event).encode(), key=order_id)
+
+    await eventually(
+        lambda: asyncio.sleep(0, system.services["inventory"].log_lines(f"received order: {order_id}")),
+        lambda lines: len(lines) == 3,
+        what="three deliveries handled",
+    )
+    assert await system.stock(product) == 8
+
+
+async def test_notifications_record_each_state_change(system: System) -> None:
+    product = uid("P")
+    await system.set_stock(product, 3)
+    r = await system.post_order({"productId": product, "quantity": 1})
+    order_id = r.json()["orderId"]
+
+    def url() -> str:
+        return system.url("notification", f"/notifications?orderId={order_id}")
+
+    async def kinds() -> list[str]:
+        return [n["eventType"] for n in (await system.http.get(url())).json()]
+
+    seen = await eventually(kinds, lambda k: {"OrderCreated", "InventoryReserved", "PaymentProcessed"} <= set(k))
+    assert len(seen) == len(set(seen))
+
+
+async def test_probes_and_docs(system: System) -> None:
+    for name in system.services:
+        assert (await system.http.get(system.url(name, "/health"))).status_code == 200
+        assert (await system.http.get(system.url(name, "/ready"))).status_code == 200
+        metrics = await system.http.get(system.url(name, "/metrics"))
+        assert metrics.status_code == 200
+        assert "retry_attempts_total{" in metrics.text
+        spec = (await system.http.get(system.url(name, "/docs/asyncapi.json"))).json()
+        assert spec["channels"]
+        assert (await system.http.get(system.url(name, "/docs/asyncapi"))).status_code == 200

@@ -1,0 +1,68 @@
+"""Fast unit tests: policy arithmetic, configuration errors, event and request models."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from brokers.base import NonRetryableError, RetryPolicy, Subscription, dead_letter_headers, is_poison
+from config import Settings
+from services.events import OrderCreated
+
+
+def test_backoff_delays_follow_the_contract_formula() -> None:
+    policy = RetryPolicy(max_attempts=4, delay_ms=1000, multiplier=2.0)
+    assert [policy.delay_ms_before(n) for n in (2, 3, 4)] == [1000, 2000, 4000]
+    assert policy.retry_delays_ms() == [1000, 2000, 4000]
+
+
+def test_constant_delay_needs_one_retry_tier() -> None:
+    assert RetryPolicy(max_attempts=5, delay_ms=2000, multiplier=1.0).retry_delays_ms() == [2000]
+    assert RetryPolicy(max_attempts=1).retry_delays_ms() == []
+
+
+def test_unknown_broker_names_the_valid_values() -> None:
+    with pytest.raises(ValidationError) as err:
+        Settings(broker="kafak")
+    assert "kafka, rabbit, nats" in str(err.value)
+
+
+def test_defaults_match_the_contract() -> None:
+    s = Settings(_env_file=None)
+    assert (s.broker, s.resolved_broker_url) == ("kafka", "localhost:9092")
+    assert (s.retry_max_attempts, s.retry_delay_ms, s.retry_backoff_multiplier) == (3, 2000, 1.0)
+    assert [s.port_for(n) for n in ("order", "inventory", "payment", "notification")] == [8080, 8081, 8082, 8083]
+    assert Settings(broker="rabbit").resolved_broker_url == "amqp://guest:guest@localhost:5672/"
+    assert Settings(broker="nats").resolved_broker_url == "nats://localhost:4222"
+
+
+def test_seed_flat_event_is_upgraded_to_schema_version_0() -> None:
+    event = OrderCreated.model_validate({"orderId": "1001", "productId": "P123", "quantity": 2})
+    assert event.schema_version == 0
+    assert [(i.product_id, i.quantity) for i in event.items] == [("P123", 2)]
+
+
+def test_event_json_carries_the_common_fields() -> None:
+    body = OrderCreated(order_id="1", items=[{"productId": "P", "quantity": 1}]).model_dump(by_alias=True)
+    assert {"eventType", "eventId", "schemaVersion", "occurredAt", "orderId"} <= body.keys()
+
+
+def test_poison_classification() -> None:
+    with pytest.raises(ValidationError) as err:
+        OrderCreated.model_validate({"orderId": "1", "items": "nope"})
+    assert is_poison(err.value)
+    assert is_poison(NonRetryableError("x"))
+    assert not is_poison(RuntimeError("transient"))
+
+
+def test_dead_letter_envelope() -> None:
+    async def handler(_: object) -> None: ...
+
+    sub = Subscription("order-events", "inventory-service", handler, OrderCreated)
+    headers = dead_letter_headers(sub, RuntimeError("boom\nline two"), 3)
+    assert headers["x-original-destination"] == "order-events"
+    assert headers["x-consumer"] == "inventory-service"
+    assert headers["x-exception-type"] == "builtins.RuntimeError"
+    assert headers["x-exception-message"] == "boom line two"
+    assert headers["x-attempts"] == "3"
+    assert headers["x-failed-at"].endswith("Z")
