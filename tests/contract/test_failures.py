@@ -127,9 +127,12 @@ async def test_poison_message_is_dead_lettered_at_once(system: System, raw: RawC
     async def probe() -> list[RawMessage]:
         return [m for m in await raw.dead_letters(system.channel("order-events")) if m.body == payload]
 
-    [letter] = await eventually(probe, lambda found: len(found) >= 1, what=f"{kind} poison in DLT")
-    assert letter.headers["x-attempts"] == "1"
-    assert letter.headers.keys() >= ENVELOPE
+    # each consumer of the channel (inventory and notification) dead-letters its own copy
+    letters = await eventually(probe, lambda found: len(found) >= 2, what=f"{kind} poison in DLT")
+    assert sorted(m.headers["x-consumer"] for m in letters) == ["inventory-service", "notification-service"]
+    for letter in letters:
+        assert letter.headers["x-attempts"] == "1"
+        assert letter.headers.keys() >= ENVELOPE
     product = uid("P")
     await system.set_stock(product, 1)
     r = await system.post_order({"productId": product, "quantity": 1})

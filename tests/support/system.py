@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,6 +67,9 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, **overrides: str) -> None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} for {self.name} is taken: a leftover service process?")
         env = {**os.environ, **self.env, "HTTP_PORT": str(self.port), **overrides}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
