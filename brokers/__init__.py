@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from brokers.base import RetryPolicy, Subscription, Transport
+from brokers.base import Observability, RetryPolicy, Subscription, Transport
 from brokers.metrics import DeliveryMetrics
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
     from config import Settings
@@ -27,7 +28,9 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def create_transport(settings: Settings, registry: CollectorRegistry, app_name: str) -> Transport:
+def create_transport(
+    settings: Settings, registry: CollectorRegistry, app_name: str, tracer_provider: TracerProvider | None = None
+) -> Transport:
     """Build the transport named by `settings.broker` (validated: kafka | rabbit | nats)."""
     if settings.broker == "kafka":
         from brokers.kafka import KafkaTransport as transport_cls
@@ -38,4 +41,5 @@ def create_transport(settings: Settings, registry: CollectorRegistry, app_name: 
     else:  # Settings validates BROKER; this guards direct construction
         raise ValueError(f"BROKER={settings.broker!r} is not supported; valid values are: kafka, rabbit, nats")
     metrics = DeliveryMetrics(registry, transport_cls.label)
-    return transport_cls(settings.resolved_broker_url, retry_policy(settings), metrics, registry, app_name)
+    observability = Observability(registry, app_name, tracer_provider)
+    return transport_cls(settings.resolved_broker_url, retry_policy(settings), metrics, observability)

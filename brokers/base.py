@@ -39,10 +39,14 @@ from pydantic import ValidationError
 if TYPE_CHECKING:
     from faststream._internal.broker import BrokerUsecase
     from faststream.message import StreamMessage
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
 
     from brokers.metrics import DeliveryMetrics
 
 log = logging.getLogger("switchboard.delivery")
+events_log = logging.getLogger("switchboard.events")
+"""One line per handled message: channel, consumer, attempt, orderId, eventId, eventType."""
 
 DLT_SUFFIX = ".DLT"
 ATTEMPTS_HEADER = "x-attempts"
@@ -68,6 +72,15 @@ def dead_letter_channel(channel: str) -> str:
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What a transport reports to: FastStream's Prometheus metrics and OpenTelemetry spans."""
+
+    registry: CollectorRegistry
+    app_name: str
+    tracer_provider: TracerProvider | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +292,7 @@ class Transport(ABC):
             await self._on_failure(sub, msg, exc, attempt)
             return None
         await msg.ack()
+        events_log.info("handled %s", await _describe(sub, msg, attempt))
         return result
 
     async def _on_failure(self, sub: Subscription, msg: StreamMessage[Any], exc: Exception, attempt: int) -> None:
@@ -326,6 +340,15 @@ class Transport(ABC):
     @abstractmethod
     async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
         """Publish the original bytes to the DLT with `headers`, then settle the source."""
+
+
+async def _describe(sub: Subscription, msg: StreamMessage[Any], attempt: int) -> str:
+    body = await msg.decode()
+    fields = body if isinstance(body, dict) else {}
+    return (
+        f"channel={sub.channel} consumer={sub.consumer} attempt={attempt} orderId={fields.get('orderId', '-')} "
+        f"eventId={fields.get('eventId', '-')} eventType={fields.get('eventType', '-')}"
+    )
 
 
 def due_in_seconds(due_at_ms: int) -> float:

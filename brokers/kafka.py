@@ -31,11 +31,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 
 from brokers.base import (
     ATTEMPTS_HEADER,
     DeadLetter,
+    Observability,
     RetryPolicy,
     Subscription,
     Transport,
@@ -49,7 +51,6 @@ from brokers.base import (
 if TYPE_CHECKING:
     from faststream.kafka.publisher.usecase import DefaultPublisher
     from faststream.message import StreamMessage
-    from prometheus_client import CollectorRegistry
 
     from brokers.metrics import DeliveryMetrics
 
@@ -69,15 +70,16 @@ def retry_topic(sub: Subscription, delay_ms: int) -> str:
 class KafkaTransport(Transport):
     label = "kafka"
 
-    def __init__(
-        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, registry: CollectorRegistry, app_name: str
-    ) -> None:
+    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
         super().__init__(url, policy, metrics)
         self._broker = KafkaBroker(
             url,
             acks="all",
             enable_idempotence=True,
-            middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=app_name)],
+            middlewares=[
+                KafkaPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
+                KafkaTelemetryMiddleware(tracer_provider=observability.tracer_provider),
+            ],
             graceful_timeout=10.0,
         )
         self._publishers: dict[str, DefaultPublisher] = {}

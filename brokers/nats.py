@@ -16,21 +16,26 @@ Native mapping of the shared policy:
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from brokers.base import (
     EVENT_ID_HEADER,
+    REASON_EXHAUSTED,
     DeadLetter,
+    Observability,
     RetryPolicy,
     Subscription,
     Transport,
+    dead_letter_headers,
     decode_json_or_bytes,
     handler_endpoint,
     replay_headers,
@@ -39,7 +44,6 @@ from brokers.base import (
 if TYPE_CHECKING:
     from faststream.message import StreamMessage
     from nats.js import JetStreamContext
-    from prometheus_client import CollectorRegistry
 
     from brokers.metrics import DeliveryMetrics
 
@@ -66,15 +70,16 @@ def dlt_stream_of(channel: str) -> JStream:
 class NatsTransport(Transport):
     label = "nats"
 
-    def __init__(
-        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, registry: CollectorRegistry, app_name: str
-    ) -> None:
+    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
         super().__init__(url, policy, metrics)
         self._broker = NatsBroker(
             url,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
-            middlewares=[NatsPrometheusMiddleware(registry=registry, app_name=app_name)],
+            middlewares=[
+                NatsPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
+                NatsTelemetryMiddleware(tracer_provider=observability.tracer_provider),
+            ],
             graceful_timeout=10.0,
         )
         self._streams: dict[str, JStream] = {}
@@ -130,6 +135,32 @@ class NatsTransport(Transport):
                 await self._js.stream_info(stream.name)
             except NotFoundError:
                 await self._js.add_stream(name=stream.name, subjects=[subject])
+        for sub in self.subscriptions:
+            await self._watch_max_deliveries(sub)
+
+    async def _watch_max_deliveries(self, sub: Subscription) -> None:
+        """Dead-letter messages the server gave up on without our code deciding (a process
+        killed during every allowed delivery): JetStream announces them in an advisory.
+        A queue group makes one instance of the consumer handle each advisory."""
+        stream = stream_name(sub.channel)
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{sub.consumer}"
+
+        async def on_advisory(advisory: Any) -> None:
+            try:
+                info = json.loads(advisory.data)
+                stored = await self._js.get_msg(stream, int(info["stream_seq"]))
+                exc = MaxDeliveriesExceeded(f"JetStream stopped redelivering after {info.get('deliveries')} deliveries")
+                headers = {
+                    **dict(stored.headers or {}),
+                    **dead_letter_headers(sub, exc, int(info.get("deliveries", 0))),
+                }
+                await self._publish_dead_letter(sub, stored.data, headers)
+                self.metrics.dead_lettered(sub.channel, sub.consumer, REASON_EXHAUSTED)
+                log.error("dead-lettered %s seq %s for %s: %s", sub.channel, info.get("stream_seq"), sub.consumer, exc)
+            except Exception:
+                log.exception("could not dead-letter after a MAX_DELIVERIES advisory")
+
+        await self._broker.connection.subscribe(subject, queue=f"{sub.consumer}-advisories", cb=on_advisory)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:  # noqa: ARG002
         if EVENT_ID_HEADER in headers:
@@ -148,14 +179,12 @@ class NatsTransport(Transport):
         await msg.nack(delay=delay_ms / 1000)
 
     async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
-        carried = {k: v for k, v in msg.headers.items() if k != MSG_ID_HEADER and not k.startswith("Nats-")}
-        await self._broker.publish(
-            msg.body,
-            sub.dead_letter_channel,
-            headers={**carried, **headers},
-            stream=self._stream(sub.dead_letter_channel).name,
-        )
+        await self._publish_dead_letter(sub, msg.body, {**msg.headers, **headers})
         await msg.ack()
+
+    async def _publish_dead_letter(self, sub: Subscription, body: bytes, headers: dict[str, Any]) -> None:
+        dlt = sub.dead_letter_channel
+        await self._broker.publish(body, dlt, headers=_carried(headers), stream=self._stream(dlt).name)
 
     # --- lag -----------------------------------------------------------------------
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
@@ -195,6 +224,15 @@ class NatsTransport(Transport):
             letters.append(letter)
         await psub.unsubscribe()
         return letters
+
+
+class MaxDeliveriesExceeded(Exception):
+    """JetStream delivered a message `max_deliver` times without an ack or a decision."""
+
+
+def _carried(headers: dict[str, Any]) -> dict[str, Any]:
+    """Headers a dead-lettered copy keeps: not the server's own (`Nats-*`), which would dedup it."""
+    return {k: v for k, v in headers.items() if not k.startswith("Nats-")}
 
 
 def _dead_letter_of(m: Any) -> DeadLetter:

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.exceptions import ChannelClosed
 from faststream import AckPolicy
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from faststream.rabbit.schemas import Channel
 
 from brokers.base import (
     ATTEMPTS_HEADER,
     DeadLetter,
+    Observability,
     RetryPolicy,
     Subscription,
     Transport,
@@ -42,7 +44,6 @@ from brokers.base import (
 
 if TYPE_CHECKING:
     from faststream.message import StreamMessage
-    from prometheus_client import CollectorRegistry
 
     from brokers.metrics import DeliveryMetrics
 
@@ -79,14 +80,15 @@ def dead_letter_queue(channel: str) -> RabbitQueue:
 class RabbitTransport(Transport):
     label = "rabbitmq"
 
-    def __init__(
-        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, registry: CollectorRegistry, app_name: str
-    ) -> None:
+    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
         super().__init__(url, policy, metrics)
         self._broker = RabbitBroker(
             url,
             default_channel=Channel(prefetch_count=PREFETCH),
-            middlewares=[RabbitPrometheusMiddleware(registry=registry, app_name=app_name)],
+            middlewares=[
+                RabbitPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
+                RabbitTelemetryMiddleware(tracer_provider=observability.tracer_provider),
+            ],
             graceful_timeout=10.0,
         )
         self._declared_publishers: set[str] = set()

@@ -24,3 +24,37 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# Browser assets of the docs pages (/docs/asyncapi, /docs/openapi), served by each
+# service so the pages work offline: `npm ci` of the pinned scripts/docs-assets/
+# into .local/docs-assets/ (never committed). Without npm the pages fall back to CDNs.
+docs_src="scripts/docs-assets"
+docs_dir=".local/docs-assets"
+docs_stamp="$docs_dir/.installed-$(cat "$docs_src/package.json" "$docs_src/package-lock.json" | sha256sum | cut -c1-16)"
+if [ ! -f "$docs_stamp" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p "$docs_dir"
+    cp "$docs_src/package.json" "$docs_src/package-lock.json" "$docs_dir/"
+    if (cd "$docs_dir" && npm ci --ignore-scripts --omit=peer --no-audit --no-fund --loglevel=error >/dev/null); then
+      rm -f "$docs_dir"/.installed-*
+      touch "$docs_stamp"
+    else
+      echo "warning: npm ci in $docs_dir failed; the docs pages load their JS/CSS from CDNs" >&2
+    fi
+  else
+    echo "warning: npm not found (apt-get install npm); the docs pages load their JS/CSS from CDNs" >&2
+  fi
+fi
+
+# Headless Chromium for tests/browser/ (which skip without it). Debian package;
+# `apt-get update` only when the install fails on a stale package list.
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+      || echo "warning: could not install chromium; tests/browser/ will be skipped" >&2
+  else
+    echo "warning: /usr/bin/chromium missing (apt-get install chromium as root); tests/browser/ will be skipped" >&2
+  fi
+fi

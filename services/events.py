@@ -80,6 +80,22 @@ class OrderCreated(Event):
 class InventoryReserved(Event):
     """All items of the order are reserved."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "InventoryReserved",
+                    "eventId": "0b6e3c1a-8d4f-4a55-b1c2-7e9f2d4a6b10",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:01Z",
+                    "orderId": "1001",
+                    "userId": "u-42",
+                    "items": [{"productId": "P123", "quantity": 2}],
+                }
+            ]
+        }
+    )
+
     event_type: Literal["InventoryReserved"] = "InventoryReserved"
     user_id: str | None = None
     items: list[OrderItem]
@@ -88,6 +104,21 @@ class InventoryReserved(Event):
 class InventoryRejected(Event):
     """The order cannot be served (no stock, unknown product); nothing was reserved."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "InventoryRejected",
+                    "eventId": "5d2a7f90-1c3b-4e8d-9f6a-2b4c6d8e0f12",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:01Z",
+                    "orderId": "1002",
+                    "reason": "insufficient stock for P123: requested 20, available 8",
+                }
+            ]
+        }
+    )
+
     event_type: Literal["InventoryRejected"] = "InventoryRejected"
     reason: str
 
@@ -95,16 +126,61 @@ class InventoryRejected(Event):
 class InventoryReleased(Event):
     """A reservation was given back (compensation after a failed payment)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "InventoryReleased",
+                    "eventId": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:03Z",
+                    "orderId": "1003",
+                    "items": [{"productId": "P123", "quantity": 2}],
+                }
+            ]
+        }
+    )
+
     event_type: Literal["InventoryReleased"] = "InventoryReleased"
     items: list[OrderItem] = Field(default_factory=list)
 
 
 class PaymentProcessed(Event):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "PaymentProcessed",
+                    "eventId": "c4d5e6f7-a8b9-4c0d-8e1f-2a3b4c5d6e7f",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:02Z",
+                    "orderId": "1001",
+                    "amount": 20.0,
+                }
+            ]
+        }
+    )
+
     event_type: Literal["PaymentProcessed"] = "PaymentProcessed"
     amount: float = 0.0
 
 
 class PaymentFailed(Event):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "eventType": "PaymentFailed",
+                    "eventId": "e1f2a3b4-c5d6-4e7f-9a0b-1c2d3e4f5a6b",
+                    "schemaVersion": 1,
+                    "occurredAt": "2026-11-27T10:00:02Z",
+                    "orderId": "1003",
+                    "reason": "payment declined for user declined-7",
+                }
+            ]
+        }
+    )
+
     event_type: Literal["PaymentFailed"] = "PaymentFailed"
     reason: str
 

@@ -4,7 +4,8 @@ Contract: `Outbox.add(tx, channel, event)` stores the event inside the caller's
 transaction, so the state change and its event commit or vanish together. The
 relay publishes stored events in insertion order, marks each sent after the broker
 confirmed it, and keeps retrying while the broker is down (so an HTTP request can
-be accepted during a broker outage). A crash between publish and mark may publish
+be accepted during a broker outage). Each event carries the trace context of
+the transaction that wrote it. A crash between publish and mark may publish
 an event twice; consumers are idempotent by `eventId`.
 """
 
@@ -17,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from brokers.base import EVENT_ID_HEADER
+from services.tracing import continued_trace, trace_headers
 
 if TYPE_CHECKING:
     from brokers.base import Transport
@@ -48,7 +50,12 @@ class Outbox:
 
     def add(self, tx: Tx, channel: str, event: Event, headers: dict[str, str] | None = None) -> None:
         """Store `event` for `channel` (a contract channel name) in the caller's transaction."""
-        all_headers = {EVENT_ID_HEADER: str(event.event_id), "event-type": event.event_type, **(headers or {})}  # type: ignore[attr-defined]
+        all_headers = {
+            EVENT_ID_HEADER: str(event.event_id),
+            "event-type": event.event_type,  # type: ignore[attr-defined]
+            **trace_headers(),
+            **(headers or {}),
+        }
         tx.execute(
             f"INSERT INTO {self.table} (channel, msg_key, body, headers) VALUES (?, ?, ?, ?)",
             (channel, event.order_id, event.to_json_bytes().decode(), json.dumps(all_headers)),
@@ -96,10 +103,12 @@ class Outbox:
         )
         sent: list[int] = []
         try:
-            for row_id, channel, key, body, headers in rows:
-                await self.transport.publish(
-                    self._channels.get(channel, channel), body.encode(), key=key, headers=json.loads(headers)
-                )
+            for row_id, channel, key, body, headers_json in rows:
+                headers = json.loads(headers_json)
+                with continued_trace(headers):
+                    await self.transport.publish(
+                        self._channels.get(channel, channel), body.encode(), key=key, headers=headers
+                    )
                 sent.append(row_id)
         finally:
             if sent:

@@ -7,7 +7,8 @@ and the channels it writes with `publishes`, adds its own HTTP routes to
 HTTP contract of every service: `/health` (200 while the process runs), `/ready`
 (200 when broker and store answer, else 503), `/metrics` (Prometheus text),
 `/docs/asyncapi` + `/docs/asyncapi.json` (AsyncAPI, no try-it-out), and
-`/docs/openapi` + `/docs/openapi.json` for the HTTP API. Request bodies over
+`/docs/openapi` + `/docs/openapi.json` for the HTTP API; both pages load their JS/CSS
+from `/docs/assets/` when installed locally (`services.docs`). Request bodies over
 64 KiB get 413.
 """
 
@@ -21,17 +22,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import Receive, Scope, Send
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from brokers import Subscription, create_transport
 from config import Settings, get_settings
+from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
 from services.outbox import Outbox
 from services.store import Database
+from services.tracing import configure_logging, trace_headers, tracer_provider
 
 MAX_BODY_BYTES = 64 * 1024
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 READY_TIMEOUT_S = 2.0
 LAG_TIMEOUT_S = 3.0
 
@@ -128,27 +134,29 @@ class Service:
         self.name = name
         self.consumer = f"{name}-service"
         self.settings = settings or get_settings()
-        logging.basicConfig(
-            level=self.settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+        configure_logging(self.settings.log_level)
         self.registry = CollectorRegistry()
-        self.transport = create_transport(self.settings, self.registry, app_name=f"{name}-service")
+        self.tracer_provider = tracer_provider(self.consumer, self.settings.otel_exporter_otlp_endpoint)
+        self.transport = create_transport(
+            self.settings, self.registry, app_name=self.consumer, tracer_provider=self.tracer_provider
+        )
         self.db = Database(self.settings.database_url_for(name))
         self.outbox = Outbox(self.db, self.transport, self.table("outbox"), self._channel_names())
         self.schema: list[str] = [*self.outbox.ddl()]
         self.api = FastAPI(
             title=title,
             description=description,
-            docs_url="/docs/openapi",
+            docs_url=None,  # Swagger UI on locally served assets: services.docs
             openapi_url="/docs/openapi.json",
             redoc_url=None,
         )
+        add_docs_routes(self.api, "/docs/openapi")
         self._add_common_routes()
         self.app = ServiceApp(
             self.transport.broker,
             http=BodyLimit(self.api, MAX_BODY_BYTES),
             defaults={"port": self.settings.port_for(name), "host": self.settings.http_host},
-            asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
+            asyncapi_path=asyncapi_route("/docs/asyncapi"),
             on_startup=[self._on_startup],
             after_startup=[self._after_startup],
             on_shutdown=[self._on_shutdown],
@@ -195,6 +203,19 @@ class Service:
     # --- common HTTP ---------------------------------------------------------------
     def _add_common_routes(self) -> None:
         api = self.api
+        tracer = self.tracer_provider.get_tracer("switchboard.http")
+
+        @api.middleware("http")
+        async def _trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            """Each API request runs in a server span continuing the caller's `traceparent`."""
+            if request.url.path in UNTRACED_PATHS:
+                return await call_next(request)
+            parent = propagate.extract(dict(request.headers))
+            name = f"{request.method} {request.url.path}"
+            with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
+                response = await call_next(request)
+                response.headers.update(trace_headers())
+                return response
 
         @api.exception_handler(RequestValidationError)
         async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

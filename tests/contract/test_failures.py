@@ -46,10 +46,18 @@ async def test_failing_order_is_retried_with_backoff_then_dead_lettered(system: 
     order_id = uid("fail")
     tap = await raw.tap(system.channel("order-events"))
 
-    r = await system.post_order({"orderId": order_id, "productId": "FAIL", "quantity": 1})
+    trace_id = uid().ljust(32, "0")
+    r = await system.http.post(
+        system.url("order", "/orders"),
+        json={"orderId": order_id, "productId": "FAIL", "quantity": 1},
+        headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
+    )
     assert r.status_code == 202
 
     [letter] = await dead_letters_of(raw, system, order_id)
+    assert trace_id in letter.headers["traceparent"]
+    received = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
+    assert all(f"[trace={trace_id}]" in line for _, line in received)
     runs = handler_runs(system, order_id)
     assert len(runs) == 3
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(runs)]

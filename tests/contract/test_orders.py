@@ -212,3 +212,25 @@ async def test_probes_and_docs(system: System) -> None:
         spec = (await system.http.get(system.url(name, "/docs/asyncapi.json"))).json()
         assert spec["channels"]
         assert (await system.http.get(system.url(name, "/docs/asyncapi"))).status_code == 200
+
+
+async def test_trace_of_the_http_request_reaches_the_inventory_handler(system: System) -> None:
+    product, order_id = uid("P"), uid("trace")
+    trace_id = uid().ljust(32, "0")
+    await system.set_stock(product, 5)
+
+    r = await system.http.post(
+        system.url("order", "/orders"),
+        json={"orderId": order_id, "productId": product, "quantity": 1},
+        headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
+    )
+
+    assert r.status_code == 202
+    assert trace_id in r.headers["traceparent"]
+    await system.wait_status(order_id, DONE)
+    [(_, line)] = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
+    assert f"[trace={trace_id}]" in line
+    handled = [line for _, line in system.services["inventory"].log_lines(f"orderId={order_id} eventId=")]
+    [created] = [line for line in handled if "eventType=OrderCreated" in line]
+    assert f"[trace={trace_id}]" in created
+    assert all(f"[trace={trace_id}]" in line for line in handled)  # the payment outcome continues the trace
