@@ -10,7 +10,7 @@ run:            ## run the whole system on $(BROKER) (default kafka), no Docker
 test:           ## lint, unit tests, then the contract suite on real Kafka, RabbitMQ and NATS
 	scripts/setup.sh
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest tests/unit -q
+	.venv/bin/python -m pytest tests/unit tests/browser -q
 	scripts/brokers.sh start all
 	.venv/bin/python -m pytest tests/contract -v $(PYTEST_ARGS)
 
@@ -27,3 +27,11 @@ brokers:        ## start all three brokers
 
 stop:           ## stop all brokers
 	scripts/brokers.sh stop all
+
+bench:          ## benchmarks on real Kafka, RabbitMQ and NATS (never part of test); options: BENCH_ARGS="--events 2000 --brokers nats"
+	scripts/setup.sh
+	scripts/brokers.sh start all
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
+	  echo "bench: wrk not installed (apt-get install wrk); HTTP ingest uses the Python load generator"
+	.venv/bin/python -m bench $(BENCH_ARGS)

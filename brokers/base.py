@@ -51,6 +51,7 @@ events_log = logging.getLogger("switchboard.events")
 DLT_SUFFIX = ".DLT"
 ATTEMPTS_HEADER = "x-attempts"
 EVENT_ID_HEADER = "event-id"
+EVENT_TYPE_HEADER = "event-type"
 """Set by publishers to the event's id; brokers with publish-side dedup use it."""
 H_ORIGINAL_DESTINATION = "x-original-destination"
 H_CONSUMER = "x-consumer"
@@ -177,8 +178,9 @@ def dead_letter_headers(sub: Subscription, exc: BaseException, attempts: int) ->
     }
 
 
-def decode_json_or_bytes(msg: StreamMessage[Any]) -> Any:
-    """FastStream decoder that never raises: bad JSON stays bytes and fails validation as poison."""
+async def decode_json_or_bytes(msg: StreamMessage[Any]) -> Any:
+    """FastStream decoder that never raises: bad JSON stays bytes and fails validation as poison.
+    (Async on purpose: FastStream runs a sync decoder in a worker thread, per message.)"""
     try:
         return json.loads(msg.body)
     except (ValueError, UnicodeDecodeError):
@@ -291,7 +293,7 @@ class Transport(ABC):
         except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
             await self._on_failure(sub, msg, exc, attempt)
             return None
-        await msg.ack()
+        await self._settle(msg)
         events_log.info("handled %s", await _describe(sub, msg, attempt))
         return result
 
@@ -324,6 +326,10 @@ class Transport(ABC):
         )
         await self._dead_letter(sub, msg, headers)
         self.metrics.dead_lettered(sub.channel, sub.consumer, reason)
+
+    async def _settle(self, msg: StreamMessage[Any]) -> None:
+        """Acknowledge a message whose outcome (effect, retry or dead letter) is durable."""
+        await msg.ack()
 
     async def _defer_if_not_due(self, sub: Subscription, msg: StreamMessage[Any]) -> bool:  # noqa: ARG002
         """Brokers without native delay put a not-yet-due retry back; True if they did."""

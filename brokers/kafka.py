@@ -7,7 +7,8 @@ Native mapping of the shared policy:
   commit only after the message was handled, retried or dead-lettered.
 * retry → the record is copied to this consumer group's retry tier topic
   `<channel>.<consumer>.retry-<delay>ms` with `x-attempts` and `x-retry-due-at`
-  headers, and the source offset is committed. The tier's subscriber (same group)
+  headers, and the source offset is committed. The tier's subscriber (a group of
+  its own, named like the tier, so it never rebalances the main group)
   pauses the partition until the head record is due (`pause` + `seek` +
   `call_later(resume)`), so a waiting retry blocks neither the main topic nor other
   partitions. One tier per distinct delay keeps every tier ordered by due time.
@@ -81,9 +82,10 @@ class KafkaTransport(Transport):
                 KafkaTelemetryMiddleware(tracer_provider=observability.tracer_provider),
             ],
             graceful_timeout=10.0,
+            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
         )
         self._publishers: dict[str, DefaultPublisher] = {}
-        self._main_subscribers: dict[tuple[str, str], Any] = {}
+        self._committers: dict[int, _Committer] = {}
         self._offsets_client: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
@@ -96,18 +98,21 @@ class KafkaTransport(Transport):
         router = KafkaRouter(middlewares=[self.policy_middleware(sub)])
         endpoint = handler_endpoint(sub)
         common: dict[str, Any] = {
-            "group_id": sub.consumer,
             "auto_offset_reset": "earliest",
             "ack_policy": AckPolicy.MANUAL,
             "decoder": decode_json_or_bytes,
         }
-        main = router.subscriber(
-            sub.channel, title=f"{sub.channel}:{sub.consumer}", description=sub.description, **common
-        )
-        main(endpoint)
-        self._main_subscribers[(sub.channel, sub.consumer)] = main
+        router.subscriber(
+            sub.channel,
+            group_id=sub.consumer,
+            title=f"{sub.channel}:{sub.consumer}",
+            description=sub.description,
+            **common,
+        )(endpoint)
         for delay_ms in self.policy.retry_delays_ms():
-            router.subscriber(retry_topic(sub, delay_ms), include_in_schema=False, **common)(endpoint)
+            # each retry tier is its own group: its consumer joins without rebalancing the main group
+            tier = retry_topic(sub, delay_ms)
+            router.subscriber(tier, group_id=tier, include_in_schema=False, **common)(endpoint)
         self._broker.include_router(router)
         self._dlt_publisher(sub.dead_letter_channel, sub)
 
@@ -161,14 +166,25 @@ class KafkaTransport(Transport):
         headers[ATTEMPTS_HEADER] = str(attempt)
         headers[DUE_HEADER] = str(int(time.time() * 1000) + delay_ms)
         await self._broker.publish(msg.body, retry_topic(sub, delay_ms), key=msg.raw_message.key, headers=headers)
-        await msg.ack()
+        await self._settle(msg)
 
     async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
         envelope = {**self._carried_headers(msg), **headers}
         await self._dlt_publisher(sub.dead_letter_channel, sub).publish(
             msg.body, key=msg.raw_message.key, headers=envelope
         )
-        await msg.ack()
+        await self._settle(msg)
+
+    async def _settle(self, msg: StreamMessage[Any]) -> None:
+        """Commit this record's offset, coalesced: while one commit is in flight, the records
+        settled meanwhile are committed together by the next one. Only settled records
+        are ever committed (explicit offsets, never the consumer's fetch position)."""
+        record = msg.raw_message
+        consumer = msg.consumer  # type: ignore[attr-defined]
+        committer = self._committers.get(id(consumer))
+        if committer is None or committer.consumer is not consumer:
+            committer = self._committers[id(consumer)] = _Committer(consumer)
+        committer.mark(TopicPartition(record.topic, record.partition), record.offset + 1)
 
     # --- lag -----------------------------------------------------------------------
     async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
@@ -243,6 +259,28 @@ class KafkaTransport(Transport):
         finally:
             await consumer.stop()
         return letters
+
+
+class _Committer:
+    """Coalesces offset commits of one consumer (see KafkaTransport._settle)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self._pending: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, tp: TopicPartition, next_offset: int) -> None:
+        self._pending[tp] = max(next_offset, self._pending.get(tp, 0))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                await self.consumer.commit(batch)
+            except Exception as exc:  # noqa: BLE001 - e.g. a rebalance: the records come again, handlers are idempotent
+                log.warning("offset commit of %d partition(s) failed: %s", len(batch), exc)
 
 
 def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:

@@ -81,6 +81,7 @@ class NatsTransport(Transport):
                 NatsTelemetryMiddleware(tracer_provider=observability.tracer_provider),
             ],
             graceful_timeout=10.0,
+            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
         )
         self._streams: dict[str, JStream] = {}
         self._declared_publishers: set[str] = set()

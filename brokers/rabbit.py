@@ -31,6 +31,7 @@ from faststream.rabbit.schemas import Channel
 
 from brokers.base import (
     ATTEMPTS_HEADER,
+    EVENT_TYPE_HEADER,
     DeadLetter,
     Observability,
     RetryPolicy,
@@ -90,6 +91,7 @@ class RabbitTransport(Transport):
                 RabbitTelemetryMiddleware(tracer_provider=observability.tracer_provider),
             ],
             graceful_timeout=10.0,
+            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
         )
         self._declared_publishers: set[str] = set()
         self._queues_to_declare: dict[str, RabbitQueue] = {}
@@ -147,7 +149,16 @@ class RabbitTransport(Transport):
             await self._broker.declare_queue(queue)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
-        await self._broker.publish(body, exchange=exchange_of(channel), routing_key=key, persist=True, headers=headers)
+        # The routing key is the event type, not the orderId: consumers may bind to event types,
+        # and FastStream labels its metrics with it, so it must stay low-cardinality.
+        routing_key = headers.get(EVENT_TYPE_HEADER, "")
+        await self._broker.publish(
+            body,
+            exchange=exchange_of(channel),
+            routing_key=routing_key,
+            persist=True,
+            headers={**headers, "order-id": key},
+        )
 
     # --- native failure moves ----------------------------------------------------
     def _attempt_of(self, msg: StreamMessage[Any]) -> int:
@@ -213,7 +224,7 @@ class RabbitTransport(Transport):
                     await self._broker.publish(
                         letter.body,
                         exchange=exchange_of(letter.original_destination),
-                        routing_key=headers.get("x-routing-key", ""),
+                        routing_key=headers.get(EVENT_TYPE_HEADER, ""),
                         persist=True,
                         headers=replay_headers(letter),
                     )

@@ -2,9 +2,10 @@
 
 `dashboard_queries(path)` returns `(panel title, expr)` for every target that has an
 `expr`, with the dashboard's variables replaced: `$broker` (all spellings) by `.*`
-and `$__rate_interval` by `1m`. Tests evaluate these against a real Prometheus.
+(or by the `broker` argument, e.g. `nats`) and `$__rate_interval` by `1m`. Tests
+evaluate these against a real Prometheus.
 
-    python scripts/dashboard_queries.py [DASHBOARD.json] [--prometheus http://localhost:9090]
+    python scripts/dashboard_queries.py [DASHBOARD.json] [--broker nats] [--prometheus http://localhost:9090]
 
 prints the queries; with `--prometheus` it also runs each one (instant query) and
 exits 1 if any fails or returns no series.
@@ -24,14 +25,9 @@ from typing import Any
 DEFAULT_DASHBOARD = Path(__file__).resolve().parent.parent / "compose" / "grafana" / "dashboards" / "switchboard.json"
 
 # Longest spellings first, so `${broker}` is not half-replaced by `$broker`.
-SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
-    ("${__rate_interval}", "1m"),
-    ("$__rate_interval", "1m"),
-    ("${broker:regex}", ".*"),
-    ("${broker}", ".*"),
-    ("[[broker]]", ".*"),
-    ("$broker", ".*"),
-)
+RATE_INTERVAL = ("${__rate_interval}", "$__rate_interval")
+BROKER_VARIABLE = ("${broker:regex}", "${broker}", "[[broker]]", "$broker")
+ALL_BROKERS = ".*"
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -41,14 +37,21 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(panel.get("panels") or [])
 
 
-def substitute(expr: str) -> str:
-    for variable, value in SUBSTITUTIONS:
-        expr = expr.replace(variable, value)
+def substitute(expr: str, broker: str = ALL_BROKERS) -> str:
+    """`expr` with `$__rate_interval` → `1m` and `$broker` → `broker` (a label regex)."""
+    for variable in RATE_INTERVAL:
+        expr = expr.replace(variable, "1m")
+    for variable in BROKER_VARIABLE:
+        expr = expr.replace(variable, broker)
     return expr
 
 
-def dashboard_queries(path: str | Path = DEFAULT_DASHBOARD) -> list[tuple[str, str]]:
-    """(panel title, expr) for every target of the dashboard at `path`, variables substituted."""
+def dashboard_queries(path: str | Path = DEFAULT_DASHBOARD, broker: str = ALL_BROKERS) -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of the dashboard at `path`, variables substituted.
+
+    `broker` replaces `$broker`: `.*` (the dashboard's "All") or one label value,
+    `kafka`, `rabbitmq` or `nats`.
+    """
     dashboard = json.loads(Path(path).read_text(encoding="utf-8"))
     dashboard = dashboard.get("dashboard", dashboard)  # also accept an API export wrapper
     queries: list[tuple[str, str]] = []
@@ -56,7 +59,7 @@ def dashboard_queries(path: str | Path = DEFAULT_DASHBOARD) -> list[tuple[str, s
         for target in panel.get("targets") or []:
             expr = target.get("expr")
             if expr:
-                queries.append((panel.get("title", ""), substitute(expr)))
+                queries.append((panel.get("title", ""), substitute(expr, broker)))
     return queries
 
 
@@ -73,10 +76,11 @@ def evaluate(prometheus_url: str, expr: str, timeout_s: float = 10.0) -> list[di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dashboard", nargs="?", default=str(DEFAULT_DASHBOARD))
+    parser.add_argument("--broker", default=ALL_BROKERS, help="value for $broker (default .*, all brokers)")
     parser.add_argument("--prometheus", help="base URL; evaluate every query there")
     args = parser.parse_args(argv)
     failed = 0
-    for title, expr in dashboard_queries(args.dashboard):
+    for title, expr in dashboard_queries(args.dashboard, args.broker):
         if not args.prometheus:
             print(f"{title}\n    {expr}")
             continue

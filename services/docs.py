@@ -7,7 +7,7 @@ Contract:
   process, under `/docs/assets/<name>` (`ASSETS`), when the local copy installed by
   `scripts/setup.sh` exists (`npm ci` of `scripts/docs-assets/` into
   `.local/docs-assets/`). Only when it is missing do they fall back to the public
-  CDN defaults of FastStream and FastAPI (a warning is logged once per process).
+  CDN defaults of FastStream and FastAPI (a warning is logged once per page and process).
 * Neither page references a remote favicon, and Swagger UI's online validator is off,
   so with the local copy present rendering a page makes no request that leaves the host.
 * `/docs/assets/<name>` answers 404 for names outside `ASSETS` or files not installed.
@@ -172,7 +172,7 @@ def add_docs_routes(api: FastAPI, docs_path: str, assets: DocsAssets | None = No
         else {}
     )
 
-    @api.get(f"{ASSETS_PATH}/{{name}}", include_in_schema=False)
+    @api.api_route(f"{ASSETS_PATH}/{{name}}", methods=["GET", "HEAD"], include_in_schema=False)
     async def docs_asset(name: str) -> FileResponse:
         file = assets.path(name)
         if file is None:

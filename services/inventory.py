@@ -32,6 +32,7 @@ from services.events import (
     OrderItem,
     PaymentEvent,
     PaymentFailed,
+    PaymentProcessed,
     ProductId,
 )
 from services.runtime import Service
@@ -49,10 +50,8 @@ RESERVATIONS = service.table("reservations")
 service.schema += [
     f"CREATE TABLE IF NOT EXISTS {STOCK} (product_id TEXT PRIMARY KEY, available INTEGER NOT NULL CHECK (available >= 0))",
     f"CREATE TABLE IF NOT EXISTS {RESERVATIONS} (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, items TEXT NOT NULL)",
-    *[
-        f"INSERT INTO {STOCK} (product_id, available) VALUES ('{p}', {int(q)}) ON CONFLICT DO NOTHING"
-        for p, q in (pair.split("=", 1) for pair in ("P123=10",))
-    ],
+    # the seed tutorial's product, so its curl works on a fresh store; never overwrites
+    f"INSERT INTO {STOCK} (product_id, available) VALUES ('P123', 10) ON CONFLICT DO NOTHING",
 ]
 
 
@@ -142,7 +141,7 @@ def _release(tx: Tx, order_id: str) -> list[OrderItem] | None:
     return items
 
 
-async def release_stock(event: PaymentFailed | object) -> None:
+async def release_stock(event: PaymentProcessed | PaymentFailed) -> None:
     """Compensation: give back a reservation whose payment failed (at most once per order)."""
     if not isinstance(event, PaymentFailed):
         return

@@ -2,7 +2,8 @@
 
 Contract: `Outbox.add(tx, channel, event)` stores the event inside the caller's
 transaction, so the state change and its event commit or vanish together. The
-relay publishes stored events in insertion order, marks each sent after the broker
+relay publishes a batch of stored events at a time, concurrently but started in
+insertion order (so one key's events keep their order on Kafka), marks each sent after the broker
 confirmed it, and keeps retrying while the broker is down (so an HTTP request can
 be accepted during a broker outage). Each event carries the trace context of
 the transaction that wrote it. A crash between publish and mark may publish
@@ -17,7 +18,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from brokers.base import EVENT_ID_HEADER
+from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER
 from services.tracing import continued_trace, trace_headers
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Outbox:
         """Store `event` for `channel` (a contract channel name) in the caller's transaction."""
         all_headers = {
             EVENT_ID_HEADER: str(event.event_id),
-            "event-type": event.event_type,  # type: ignore[attr-defined]
+            EVENT_TYPE_HEADER: event.event_type,  # type: ignore[attr-defined]
             **trace_headers(),
             **(headers or {}),
         }
@@ -101,19 +102,19 @@ class Outbox:
                 (BATCH,),
             )
         )
-        sent: list[int] = []
-        try:
-            for row_id, channel, key, body, headers_json in rows:
-                headers = json.loads(headers_json)
-                with continued_trace(headers):
-                    await self.transport.publish(
-                        self._channels.get(channel, channel), body.encode(), key=key, headers=headers
-                    )
-                sent.append(row_id)
-        finally:
-            if sent:
-                await self.db.transaction(lambda tx: self._forget(tx, sent))
+        outcomes = await asyncio.gather(*(self._publish_row(*row) for row in rows), return_exceptions=True)
+        sent = [row[0] for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+        if sent:
+            await self.db.transaction(lambda tx: self._forget(tx, sent))
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise failures[0]
         return len(sent)
+
+    async def _publish_row(self, row_id: int, channel: str, key: str, body: str, headers_json: str) -> None:  # noqa: ARG002
+        headers = json.loads(headers_json)
+        with continued_trace(headers):
+            await self.transport.publish(self._channels.get(channel, channel), body.encode(), key=key, headers=headers)
 
     def _forget(self, tx: Tx, ids: list[int]) -> None:
         marks = ",".join("?" * len(ids))

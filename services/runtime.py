@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from faststream.asgi import AsgiFastStream
@@ -219,7 +220,9 @@ class Service:
 
         @api.exception_handler(RequestValidationError)
         async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-            return JSONResponse({"detail": "invalid request", "errors": validation_errors(exc)}, status_code=422)
+            """FastAPI's usual `detail` list (with `loc`), plus `errors[].field` as a dotted path."""
+            detail = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+            return JSONResponse({"detail": detail, "errors": validation_errors(exc)}, status_code=422)
 
         @api.get("/health", tags=["ops"], summary="200 while the process runs")
         async def health() -> dict[str, str]:
