@@ -1,0 +1,449 @@
+"""Raw broker clients (aiokafka, aio-pika, nats-py) for the ceiling, preloading and taps.
+
+Durability is the services' own: Kafka `acks=all` + idempotence; RabbitMQ publisher
+confirms of persistent messages to a durable topic exchange feeding a quorum queue;
+JetStream acked publishes into a file stream. Consumers acknowledge after
+processing (Kafka: commit per `getmany` batch; RabbitMQ: manual multiple-ack under a
+prefetch; NATS: pull fetch batches, ack each).
+
+A `Tap` observes a channel from outside (no effect on the system under test) and
+records when each event (eventType, orderId) first arrived, on `time.monotonic()`,
+which is one clock for every process of the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import nats
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+PUBLISH_WINDOW = 256
+"""Publishes in flight at once (RabbitMQ confirms, JetStream acks)."""
+RABBIT_PREFETCH = 256
+RABBIT_ACK_EVERY = 64
+FETCH_BATCH = 256
+KAFKA_BATCH = 1000
+SERVICE_CHANNELS = ("order-events", "inventory-events", "payment-events")
+SERVICE_CONSUMERS = ("order-service", "inventory-service", "payment-service", "notification-service")
+RAW_CHANNEL = "bench-raw"
+RAW_CONSUMER = "bench-raw"
+
+
+@dataclass
+class ConsumeResult:
+    count: int
+    seconds: float
+    """From creating the consumer (connect, join, subscribe included) to the last ack."""
+    first_s: float | None
+    """From creating the consumer to the first message."""
+
+    @property
+    def steady_seconds(self) -> float | None:
+        return self.seconds - self.first_s if self.first_s is not None else None
+
+
+@dataclass
+class Tap:
+    """Arrival times of the events seen on one channel, first arrival per (eventType, orderId)."""
+
+    channel: str
+    arrivals: dict[str, dict[str, float]] = field(default_factory=dict)
+    duplicates: int = 0
+    undecodable: int = 0
+    closer: Any = None
+
+    def record(self, body: bytes) -> None:
+        now = time.monotonic()
+        try:
+            event = json.loads(body)
+            event_type, order_id = str(event.get("eventType")), str(event.get("orderId"))
+        except (ValueError, AttributeError):
+            self.undecodable += 1
+            return
+        seen = self.arrivals.setdefault(event_type, {})
+        if order_id in seen:
+            self.duplicates += 1
+        else:
+            seen[order_id] = now
+
+    def count(self, event_type: str, prefix: str = "") -> int:
+        seen = self.arrivals.get(event_type, {})
+        if not prefix:
+            return len(seen)
+        return sum(1 for order_id in seen if order_id.startswith(prefix))
+
+    def times(self, event_type: str, prefix: str = "") -> list[float]:
+        return [t for o, t in self.arrivals.get(event_type, {}).items() if o.startswith(prefix)]
+
+    async def close(self) -> None:
+        if self.closer is not None:
+            closer, self.closer = self.closer, None
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+class RawBroker(ABC):
+    name: str
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def create_raw_channel(self, channel: str) -> None:
+        """The ceiling's channel and its consumer's durable storage (topic / quorum queue / stream)."""
+
+    @abstractmethod
+    async def produce(self, channel: str, items: list[tuple[str, bytes]]) -> float:
+        """Publish (key, body) pairs durably; returns the seconds from the first publish until the
+        broker confirmed every one (connection set-up excluded)."""
+
+    @abstractmethod
+    async def consume(self, channel: str, n: int) -> ConsumeResult:
+        """Consume `n` messages of the ceiling's channel, acknowledging after processing."""
+
+    @abstractmethod
+    async def tap(self, channel: str) -> Tap:
+        """Start observing `channel`; the tap sees everything published from now on (Kafka and
+        NATS also what was published before)."""
+
+    @abstractmethod
+    async def delete_namespace(self, ns: str) -> None:
+        """Best effort: remove the broker objects the benchmark and the services made for `ns`."""
+
+
+def process(body: bytes) -> None:
+    """What the ceiling's consumers do with a message: decode it."""
+    json.loads(body)
+
+
+async def _windowed(items: Iterable[tuple[str, bytes]], publish: Any, window: int = PUBLISH_WINDOW) -> None:
+    it = iter(items)
+
+    async def worker() -> None:
+        for key, body in it:
+            await publish(key, body)
+
+    await asyncio.gather(*(worker() for _ in range(window)))
+
+
+# --------------------------------------------------------------------------- Kafka
+class KafkaRaw(RawBroker):
+    name = "kafka"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.admin: AIOKafkaAdminClient | None = None
+
+    async def connect(self) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.url)
+        await self.admin.start()
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+
+    async def _partitions(self, topic: str, create: bool) -> list[int]:
+        assert self.admin is not None
+        if create:
+            await self.admin.create_topics([NewTopic(topic, 1, 1)])  # an existing topic is left as it is
+        for _ in range(50):
+            described = await self.admin.describe_topics([topic])
+            parts = [p["partition"] for t in described if t.get("error_code", 0) == 0 for p in t["partitions"]]
+            if parts:
+                return sorted(parts)
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"Kafka topic {topic} has no partitions")
+
+    async def create_raw_channel(self, channel: str) -> None:
+        await self._partitions(channel, create=True)
+
+    async def produce(self, channel: str, items: list[tuple[str, bytes]]) -> float:
+        # a producer per call: one that lives on keeps asking for the metadata of its topics, and
+        # with auto.create.topics.enable that re-creates a topic after the benchmark deleted it
+        producer = AIOKafkaProducer(bootstrap_servers=self.url, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            await producer.partitions_for(channel)
+            start = time.monotonic()
+            futures = []
+            for key, body in items:
+                futures.append(await producer.send(channel, body, key=key.encode()))
+                if len(futures) >= KAFKA_BATCH * 10:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+            await asyncio.gather(*futures)
+            return time.monotonic() - start
+        finally:
+            await producer.stop()
+
+    async def consume(self, channel: str, n: int) -> ConsumeResult:
+        start = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            channel,
+            bootstrap_servers=self.url,
+            group_id=f"{channel}.{RAW_CONSUMER}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=KAFKA_BATCH,
+        )
+        await consumer.start()
+        count, first = 0, None
+        try:
+            while count < n:
+                batch = await consumer.getmany(timeout_ms=500, max_records=KAFKA_BATCH)
+                for records in batch.values():
+                    for record in records:
+                        process(record.value)
+                        count += 1
+                if batch:
+                    first = first if first is not None else time.monotonic() - start
+                    await consumer.commit()
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            await consumer.stop()
+
+    async def tap(self, channel: str) -> Tap:
+        parts = await self._partitions(channel, create=True)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.url, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        tps = [TopicPartition(channel, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        tap = Tap(channel)
+
+        async def run() -> None:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100, max_records=2000)
+                for records in batch.values():
+                    for record in records:
+                        tap.record(record.value)
+
+        task = asyncio.create_task(run(), name=f"tap:{channel}")
+
+        async def closer() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await consumer.stop()
+
+        tap.closer = closer
+        return tap
+
+    async def delete_namespace(self, ns: str) -> None:
+        assert self.admin is not None
+        topics = [t for t in await self.admin.list_topics() if t.startswith(ns + ".")]
+        if topics:
+            await self.admin.delete_topics(topics)
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+class RabbitRaw(RawBroker):
+    name = "rabbit"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.conn: Any = None
+
+    async def connect(self) -> None:
+        self.conn = await aio_pika.connect(self.url)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+    @staticmethod
+    def raw_queue(channel: str) -> str:
+        return f"{channel}.{RAW_CONSUMER}"
+
+    async def _exchange(self, chan: Any, channel: str) -> Any:
+        # the services' own declaration (durable topic exchange), so either side may come first
+        return await chan.declare_exchange(channel, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def create_raw_channel(self, channel: str) -> None:
+        chan = await self.conn.channel()
+        try:
+            exchange = await self._exchange(chan, channel)
+            queue = await chan.declare_queue(
+                self.raw_queue(channel), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(exchange, routing_key="#")
+        finally:
+            await chan.close()
+
+    async def produce(self, channel: str, items: list[tuple[str, bytes]]) -> float:
+        chan = await self.conn.channel(publisher_confirms=True)
+        try:
+            exchange = await chan.get_exchange(channel)  # passive: the channel must exist
+
+            async def publish(key: str, body: bytes) -> None:
+                message = aio_pika.Message(
+                    body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
+                )
+                await exchange.publish(message, routing_key=key)
+
+            start = time.monotonic()
+            await _windowed(items, publish)
+            return time.monotonic() - start
+        finally:
+            await chan.close()
+
+    async def consume(self, channel: str, n: int) -> ConsumeResult:
+        start = time.monotonic()
+        chan = await self.conn.channel()
+        count, first = 0, None
+        try:
+            await chan.set_qos(prefetch_count=RABBIT_PREFETCH)
+            queue = await chan.get_queue(self.raw_queue(channel))
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    process(message.body)
+                    count += 1
+                    first = first if first is not None else time.monotonic() - start
+                    if count % RABBIT_ACK_EVERY == 0 or count >= n:
+                        await message.ack(multiple=True)
+                    if count >= n:
+                        break
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            with contextlib.suppress(Exception):
+                await chan.close()
+
+    async def tap(self, channel: str) -> Tap:
+        chan = await self.conn.channel()
+        exchange = await self._exchange(chan, channel)
+        queue = await chan.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="#")
+        tap = Tap(channel)
+
+        async def on_message(message: Any) -> None:
+            tap.record(message.body)
+
+        await queue.consume(on_message, no_ack=True)
+        tap.closer = chan.close
+        return tap
+
+    async def delete_namespace(self, ns: str) -> None:
+        queues = [f"{ns}.{RAW_CHANNEL}.{RAW_CONSUMER}"]
+        for channel in SERVICE_CHANNELS:
+            queues.append(f"{ns}.{channel}.DLT")
+            for consumer in SERVICE_CONSUMERS:
+                base = f"{ns}.{channel}.{consumer}"
+                queues += [base, f"{base}.retry-200ms", f"{base}.retry-2000ms"]
+        chan = await self.conn.channel()
+        try:
+            for name in queues:  # deleting a queue that does not exist is not an error in AMQP 0-9-1
+                await chan.queue_delete(name)
+            for channel in (*SERVICE_CHANNELS, RAW_CHANNEL):
+                await chan.exchange_delete(f"{ns}.{channel}")
+        finally:
+            with contextlib.suppress(Exception):
+                await chan.close()
+
+
+# --------------------------------------------------------------------------- NATS JetStream
+def stream_name(channel: str) -> str:
+    """The services' stream naming (brokers/nats.py): dots become underscores."""
+    return channel.replace(".", "_")
+
+
+class NatsRaw(RawBroker):
+    name = "nats"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.nc: Any = None
+        self.js: Any = None
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(self.url, max_reconnect_attempts=2)
+        self.js = self.nc.jetstream(timeout=10)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def _ensure_stream(self, channel: str) -> str:
+        name = stream_name(channel)
+        try:
+            await self.js.stream_info(name)
+        except NotFoundError:
+            await self.js.add_stream(name=name, subjects=[channel])  # file storage, as the services
+        return name
+
+    async def create_raw_channel(self, channel: str) -> None:
+        await self._ensure_stream(channel)
+
+    async def produce(self, channel: str, items: list[tuple[str, bytes]]) -> float:
+        async def publish(_key: str, body: bytes) -> None:
+            await self.js.publish(channel, body)
+
+        start = time.monotonic()
+        await _windowed(items, publish)
+        return time.monotonic() - start
+
+    async def consume(self, channel: str, n: int) -> ConsumeResult:
+        start = time.monotonic()
+        psub = await self.js.pull_subscribe(channel, durable=RAW_CONSUMER, stream=stream_name(channel))
+        count, first = 0, None
+        try:
+            while count < n:
+                try:
+                    messages = await psub.fetch(min(FETCH_BATCH, n - count), timeout=2.0)
+                except NatsTimeout:
+                    continue
+                first = first if first is not None else time.monotonic() - start
+                for message in messages:
+                    process(message.data)
+                    await message.ack()
+                    count += 1
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def tap(self, channel: str) -> Tap:
+        stream = await self._ensure_stream(channel)
+        tap = Tap(channel)
+
+        async def on_message(message: Any) -> None:
+            tap.record(message.data)
+
+        sub = await self.js.subscribe(
+            channel,
+            stream=stream,
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            pending_msgs_limit=1_000_000,
+        )
+        tap.closer = sub.unsubscribe
+        return tap
+
+    async def delete_namespace(self, ns: str) -> None:
+        for channel in (*SERVICE_CHANNELS, RAW_CHANNEL):
+            for name in (stream_name(f"{ns}.{channel}"), stream_name(f"{ns}.{channel}") + "-DLT"):
+                with contextlib.suppress(NotFoundError):
+                    await self.js.delete_stream(name)
+
+
+def raw_broker(broker: str, url: str) -> RawBroker:
+    return {"kafka": KafkaRaw, "rabbit": RabbitRaw, "nats": NatsRaw}[broker](url)
