@@ -42,4 +42,6 @@ def create_transport(
         raise ValueError(f"BROKER={settings.broker!r} is not supported; valid values are: kafka, rabbit, nats")
     metrics = DeliveryMetrics(registry, transport_cls.label)
     observability = Observability(registry, app_name, tracer_provider)
-    return transport_cls(settings.resolved_broker_url, retry_policy(settings), metrics, observability)
+    return transport_cls(
+        settings.resolved_broker_url, retry_policy(settings), metrics, observability, settings.channel_namespace
+    )

@@ -200,8 +200,11 @@ class Transport(ABC):
     label: ClassVar[str]
     """Value of the `broker` metric label: kafka | rabbitmq | nats."""
 
-    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics) -> None:
+    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, namespace: str = "") -> None:
         self.url = url
+        self.namespace = namespace
+        """Prefix of the channels (CHANNEL_NAMESPACE). Consumer identities that are global on a
+        broker (Kafka group ids) get it too, so isolated runs never rebalance each other."""
         self.policy = policy
         self.metrics = metrics
         self.subscriptions: list[Subscription] = []

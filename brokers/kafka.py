@@ -71,8 +71,15 @@ def retry_topic(sub: Subscription, delay_ms: int) -> str:
 class KafkaTransport(Transport):
     label = "kafka"
 
-    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
-        super().__init__(url, policy, metrics)
+    def __init__(
+        self,
+        url: str,
+        policy: RetryPolicy,
+        metrics: DeliveryMetrics,
+        observability: Observability,
+        namespace: str = "",
+    ) -> None:
+        super().__init__(url, policy, metrics, namespace)
         self._broker = KafkaBroker(
             url,
             acks="all",
@@ -104,7 +111,7 @@ class KafkaTransport(Transport):
         }
         router.subscriber(
             sub.channel,
-            group_id=sub.consumer,
+            group_id=self._group(sub.consumer),
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
             **common,
@@ -134,6 +141,10 @@ class KafkaTransport(Transport):
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
         await self._broker.publish(body, channel, key=key.encode(), headers=headers)
+
+    def _group(self, consumer: str) -> str:
+        """The consumer's group id: its contract name, namespaced when channels are."""
+        return f"{self.namespace}.{consumer}" if self.namespace else consumer
 
     # --- native failure moves ----------------------------------------------------
     def _attempt_of(self, msg: StreamMessage[Any]) -> int:
@@ -198,7 +209,7 @@ class KafkaTransport(Transport):
 
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
         """End offset − committed offset of the group, summed over the topic's partitions."""
-        topic, group = channel, consumer
+        topic, group = channel, self._group(consumer)
         offsets, admin = await self._clients()
         partitions = await offsets._client.fetch_all_metadata()
         ids = partitions.partitions_for_topic(topic)
@@ -223,23 +234,26 @@ class KafkaTransport(Transport):
 
     # --- dead-letter tooling -----------------------------------------------------
     async def _read_dlt(self, channel: str, group: str | None, limit: int) -> tuple[AIOKafkaConsumer, list[Any]]:
+        """Records of `<channel>.DLT` up to its end offsets *at the start* (and `limit`): a replay
+        whose messages fail again must not pick up its own new dead letters."""
+        dlt = channel + ".DLT"
         consumer = AIOKafkaConsumer(
-            channel + ".DLT",
-            bootstrap_servers=self.url,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            dlt, bootstrap_servers=self.url, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
         )
         await consumer.start()
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(dlt, p) for p in consumer.partitions_for_topic(dlt) or ()]
+        ends = await consumer.end_offsets(tps) if tps else {}
         records: list[Any] = []
-        deadline = time.monotonic() + 5
-        while len(records) < limit and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=limit - len(records))
-            if not batch and consumer.assignment() and await _caught_up(consumer):
+        deadline = time.monotonic() + 10
+        while len(records) < limit and time.monotonic() < deadline and any(ends.values()):
+            batch = await consumer.getmany(timeout_ms=300, max_records=limit - len(records))
+            for tp, recs in batch.items():
+                records.extend(r for r in recs if r.offset < ends[tp])
+            assigned = consumer.assignment()
+            if assigned and all([await consumer.position(tp) >= ends.get(tp, 0) for tp in assigned]):
                 break
-            for recs in batch.values():
-                records.extend(recs)
-        return consumer, records
+        return consumer, records[:limit]
 
     async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         consumer, records = await self._read_dlt(channel, None, limit)
@@ -254,8 +268,12 @@ class KafkaTransport(Transport):
                 await self._broker.publish(
                     letter.body, letter.original_destination, key=record.key, headers=replay_headers(letter)
                 )
-            if records:
-                await consumer.commit()
+            done: dict[TopicPartition, int] = {}
+            for record in records:
+                tp = TopicPartition(record.topic, record.partition)
+                done[tp] = max(done.get(tp, 0), record.offset + 1)
+            if done:
+                await consumer.commit(done)
         finally:
             await consumer.stop()
         return letters
@@ -286,13 +304,6 @@ class _Committer:
 def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     if tp in consumer.assignment():
         consumer.resume(tp)
-
-
-async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
-    tps = list(consumer.assignment())
-    ends = await consumer.end_offsets(tps)
-    positions = [await consumer.position(tp) for tp in tps]
-    return all(position >= ends[tp] for position, tp in zip(positions, tps, strict=True))
 
 
 def _dead_letter_of(record: Any) -> DeadLetter:

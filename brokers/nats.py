@@ -70,8 +70,15 @@ def dlt_stream_of(channel: str) -> JStream:
 class NatsTransport(Transport):
     label = "nats"
 
-    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
-        super().__init__(url, policy, metrics)
+    def __init__(
+        self,
+        url: str,
+        policy: RetryPolicy,
+        metrics: DeliveryMetrics,
+        observability: Observability,
+        namespace: str = "",
+    ) -> None:
+        super().__init__(url, policy, metrics, namespace)
         self._broker = NatsBroker(
             url,
             max_reconnect_attempts=-1,
@@ -198,15 +205,27 @@ class NatsTransport(Transport):
 
     # --- dead-letter tooling -----------------------------------------------------
     async def _fetch_dlt(self, channel: str, limit: int, durable: str | None) -> tuple[Any, list[Any]]:
+        """Messages of `<channel>.DLT` stored before this call (and up to `limit`): a replay whose
+        messages fail again must not pick up its own new dead letters. Later ones are nak'ed."""
         dlt = channel + ".DLT"
-        psub = await self._js.pull_subscribe(dlt, durable=durable, stream=self._stream(dlt).name)
+        stream = self._stream(dlt).name
+        try:
+            last = (await self._js.stream_info(stream)).state.last_seq
+        except NotFoundError:
+            last = 0
+        psub = await self._js.pull_subscribe(dlt, durable=durable, stream=stream)
         messages: list[Any] = []
-        while len(messages) < limit:
+        while last and len(messages) < limit:
             try:
                 batch = await psub.fetch(min(limit - len(messages), 256), timeout=1.0)
             except NatsTimeoutError:
                 break
-            messages.extend(batch)
+            late = [m for m in batch if m.metadata.sequence.stream > last]
+            messages.extend(m for m in batch if m.metadata.sequence.stream <= last)
+            for m in late:
+                await m.nak()
+            if late:
+                break
         return psub, messages
 
     async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:

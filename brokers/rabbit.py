@@ -81,8 +81,15 @@ def dead_letter_queue(channel: str) -> RabbitQueue:
 class RabbitTransport(Transport):
     label = "rabbitmq"
 
-    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability) -> None:
-        super().__init__(url, policy, metrics)
+    def __init__(
+        self,
+        url: str,
+        policy: RetryPolicy,
+        metrics: DeliveryMetrics,
+        observability: Observability,
+        namespace: str = "",
+    ) -> None:
+        super().__init__(url, policy, metrics, namespace)
         self._broker = RabbitBroker(
             url,
             default_channel=Channel(prefetch_count=PREFETCH),
@@ -213,7 +220,9 @@ class RabbitTransport(Transport):
         held = []
         try:
             queue = await chan.declare_queue(dead_letter_queue(channel).name, durable=True)
-            while len(letters) < limit:
+            # only what is there now: a replayed message that fails again is a new dead letter
+            waiting = int(queue.declaration_result.message_count or 0)
+            while len(letters) < min(limit, waiting):
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
                     break

@@ -136,6 +136,7 @@ class Service:
         self.consumer = f"{name}-service"
         self.settings = settings or get_settings()
         configure_logging(self.settings.log_level)
+        self._subscribed = False
         self.registry = CollectorRegistry()
         self.tracer_provider = tracer_provider(self.consumer, self.settings.otel_exporter_otlp_endpoint)
         self.transport = create_transport(
@@ -188,9 +189,10 @@ class Service:
         await self.db.connect(self.schema)
         await self.transport.broker.connect()
         await self.transport.start_extras()
+        self.outbox.start()  # publishing needs only the connection, not the subscribers
 
     async def _after_startup(self) -> None:
-        self.outbox.start()
+        self._subscribed = True
         log.info("%s ready on %s (broker %s)", self.consumer, self.transport.url, self.transport.label)
 
     async def _on_shutdown(self) -> None:
@@ -228,11 +230,18 @@ class Service:
         async def health() -> dict[str, str]:
             return {"status": "UP", "service": self.consumer}
 
-        @api.get("/ready", tags=["ops"], summary="200 when broker and store answer, else 503")
+        @api.get(
+            "/ready", tags=["ops"], summary="200 when broker and store answer (and every subscriber started), else 503"
+        )
         async def ready() -> JSONResponse:
             broker_ok, store_ok = await asyncio.gather(self.transport.ping(READY_TIMEOUT_S), self.db.ping())
-            status = 200 if broker_ok and store_ok else 503
-            body = {"status": "UP" if status == 200 else "DOWN", "broker": broker_ok, "store": store_ok}
+            status = 200 if broker_ok and store_ok and self._subscribed else 503
+            body = {
+                "status": "UP" if status == 200 else "DOWN",
+                "broker": broker_ok,
+                "store": store_ok,
+                "subscribed": self._subscribed,
+            }
             return JSONResponse(body, status_code=status)
 
         @api.get("/metrics", tags=["ops"], summary="Prometheus metrics")
