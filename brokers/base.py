@@ -31,9 +31,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from faststream import BaseMiddleware
+from faststream import BaseMiddleware, Context
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class RetryPolicy:
 
 
 Handler = Callable[[Any], Awaitable[None]]
+DeadLetterHandler = Callable[["DeadLetter"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,12 @@ class Transport(ABC):
     @abstractmethod
     def _register(self, sub: Subscription) -> None:
         """Create the native subscriber(s), retry plumbing and DLT publisher for `sub`."""
+
+    @abstractmethod
+    def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
+        """Deliver each message dead-lettered from `channel` (by any consumer) to `handler`, without
+        taking it off `<channel>.DLT`: listing, replay and other readers still see it. Each listener
+        `consumer` gets every dead letter once; a handler error is logged, never retried."""
 
     @abstractmethod
     def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
@@ -362,6 +369,27 @@ async def _describe(sub: Subscription, msg: StreamMessage[Any], attempt: int) ->
 
 def due_in_seconds(due_at_ms: int) -> float:
     return max(due_at_ms / 1000 - time.time(), 0.0)
+
+
+async def decode_raw(msg: StreamMessage[Any]) -> bytes:
+    """FastStream decoder that hands the body over untouched (dead letters are any bytes)."""
+    return bytes(msg.body)
+
+
+def dead_letter_endpoint(channel: str, handler: DeadLetterHandler) -> Callable[..., Awaitable[None]]:
+    """A FastStream-facing function that turns a DLT message into a `DeadLetter` for `handler`."""
+    dlt = dead_letter_channel(channel)
+
+    async def on_dead_letter(body: bytes, message: Annotated[Any, Context("message")]) -> None:
+        headers = {str(k): v if isinstance(v, str) else str(v) for k, v in (message.headers or {}).items()}
+        try:
+            await handler(DeadLetter(dlt, body, headers))
+        except Exception:
+            log.exception("dead-letter listener failed on a message of %s", dlt)
+
+    on_dead_letter.__name__ = getattr(handler, "__name__", "on_dead_letter")
+    on_dead_letter.__doc__ = handler.__doc__
+    return on_dead_letter
 
 
 def handler_endpoint(sub: Subscription) -> Callable[..., Awaitable[None]]:

@@ -38,12 +38,16 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from brokers.base import (
     ATTEMPTS_HEADER,
     DeadLetter,
+    DeadLetterHandler,
     Observability,
     RetryPolicy,
     Subscription,
     Transport,
     attempt_header,
+    dead_letter_channel,
+    dead_letter_endpoint,
     decode_json_or_bytes,
+    decode_raw,
     due_in_seconds,
     handler_endpoint,
     replay_headers,
@@ -132,6 +136,17 @@ class KafkaTransport(Transport):
                 schema=sub.model,
             )
         return self._publishers[topic]
+
+    def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
+        self._broker.subscriber(
+            dead_letter_channel(channel),
+            group_id=self._group(consumer),
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.ACK,
+            decoder=decode_raw,
+            title=f"{dead_letter_channel(channel)}:{consumer}",
+            description=f"{consumer} reports every dead letter of {channel}.",
+        )(dead_letter_endpoint(channel, handler))
 
     def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
         if channel not in self._publishers:

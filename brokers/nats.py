@@ -31,12 +31,16 @@ from brokers.base import (
     EVENT_ID_HEADER,
     REASON_EXHAUSTED,
     DeadLetter,
+    DeadLetterHandler,
     Observability,
     RetryPolicy,
     Subscription,
     Transport,
+    dead_letter_channel,
+    dead_letter_endpoint,
     dead_letter_headers,
     decode_json_or_bytes,
+    decode_raw,
     handler_endpoint,
     replay_headers,
 )
@@ -126,6 +130,20 @@ class NatsTransport(Transport):
             sub.model,
             f"Dead letters of {sub.channel}: original bytes plus x-* envelope headers.",
         )
+
+    def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
+        dlt = dead_letter_channel(channel)
+        self._broker.subscriber(
+            dlt,
+            stream=self._stream(dlt),
+            durable=consumer,
+            pull_sub=PullSub(batch_size=PULL_BATCH, timeout=5.0),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.ACK,
+            decoder=decode_raw,
+            title=f"{dlt}:{consumer}",
+            description=f"{consumer} reports every dead letter of {channel}.",
+        )(dead_letter_endpoint(channel, handler))
 
     def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
         self._declare(channel, schema, description)

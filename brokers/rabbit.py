@@ -12,9 +12,11 @@ Native mapping of the shared policy:
   comes back only to this consumer, after the delay, without blocking the queue.
   One delay queue per distinct delay, so TTL expiry is never stuck behind a longer
   one. (`x-death` is not used for counting: its semantics changed in 3.13/4.0.)
-* dead letter → the durable queue `<channel>.DLT` (default exchange), envelope in
-  headers. The consumer queue's `x-delivery-limit` also dead-letters there, as a
-  guard against crash loops that never reach our code.
+* dead letter → the fanout exchange `<channel>.DLT`, bound to the durable queue
+  `<channel>.DLT` (what CONTRACT.md names; listed and replayed from) and to one
+  queue per dead-letter listener, so listening never takes a message off the DLT.
+  The consumer queue's `x-delivery-limit` also dead-letters there, as a guard
+  against crash loops that never reach our code.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from brokers.base import (
     ATTEMPTS_HEADER,
     EVENT_TYPE_HEADER,
     DeadLetter,
+    DeadLetterHandler,
     Observability,
     RetryPolicy,
     Subscription,
     Transport,
     attempt_header,
+    dead_letter_channel,
+    dead_letter_endpoint,
     decode_json_or_bytes,
+    decode_raw,
     handler_endpoint,
     replay_headers,
 )
@@ -74,8 +80,14 @@ def delay_queue(sub: Subscription, delay_ms: int) -> RabbitQueue:
     )
 
 
+def dead_letter_exchange(channel: str) -> RabbitExchange:
+    """Dead letters are published here; it fans out to the DLT queue and to each listener's queue."""
+    return RabbitExchange(dead_letter_channel(channel), type=ExchangeType.FANOUT, durable=True)
+
+
 def dead_letter_queue(channel: str) -> RabbitQueue:
-    return RabbitQueue(channel + ".DLT", durable=True)
+    """The contract's durable DLT queue, `<channel>.DLT` (listed and replayed from)."""
+    return RabbitQueue(dead_letter_channel(channel), durable=True)
 
 
 class RabbitTransport(Transport):
@@ -102,6 +114,7 @@ class RabbitTransport(Transport):
         )
         self._declared_publishers: set[str] = set()
         self._queues_to_declare: dict[str, RabbitQueue] = {}
+        self._dead_letter_channels: set[str] = set()
 
     @property
     def broker(self) -> RabbitBroker:
@@ -109,7 +122,7 @@ class RabbitTransport(Transport):
 
     def _register(self, sub: Subscription) -> None:
         router = RabbitRouter(middlewares=[self.policy_middleware(sub)])
-        dlt = dead_letter_queue(sub.channel)
+        dlt = dead_letter_exchange(sub.channel)
         queue = RabbitQueue(
             consumer_queue_name(sub),
             queue_type=QueueType.QUORUM,
@@ -117,8 +130,7 @@ class RabbitTransport(Transport):
             routing_key="#",
             arguments={
                 "x-delivery-limit": CRASH_LOOP_DELIVERY_LIMIT,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": dlt.name,
+                "x-dead-letter-exchange": dlt.name,
             },
         )
         router.subscriber(
@@ -133,11 +145,11 @@ class RabbitTransport(Transport):
         for delay_ms in self.policy.retry_delays_ms():
             q = delay_queue(sub, delay_ms)
             self._queues_to_declare[q.name] = q
-        self._queues_to_declare[dlt.name] = dlt
+        self._dead_letter_channels.add(sub.channel)
         if dlt.name not in self._declared_publishers:
             self._declared_publishers.add(dlt.name)
             self._broker.publisher(
-                dlt,
+                exchange=dlt,
                 title=dlt.name,
                 description=f"Dead letters of {sub.channel}: original bytes plus x-* envelope headers.",
                 schema=sub.model,
@@ -151,9 +163,25 @@ class RabbitTransport(Transport):
                 exchange=exchange_of(channel), title=channel, description=description, schema=schema, persist=True
             )
 
+    def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
+        dlt = dead_letter_exchange(channel)
+        self._dead_letter_channels.add(channel)
+        self._broker.subscriber(
+            RabbitQueue(f"{dlt.name}.{consumer}", durable=True),
+            dlt,
+            ack_policy=AckPolicy.ACK,
+            decoder=decode_raw,
+            title=f"{dlt.name}:{consumer}",
+            description=f"{consumer} reports every dead letter of {channel}.",
+        )(dead_letter_endpoint(channel, handler))
+
     async def start_extras(self) -> None:
         for queue in self._queues_to_declare.values():
             await self._broker.declare_queue(queue)
+        for channel in self._dead_letter_channels:
+            exchange = await self._broker.declare_exchange(dead_letter_exchange(channel))
+            queue = await self._broker.declare_queue(dead_letter_queue(channel))
+            await queue.bind(exchange)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
         # The routing key is the event type, not the orderId: consumers may bind to event types,
@@ -186,9 +214,9 @@ class RabbitTransport(Transport):
     async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
         await self._broker.publish(
             msg.body,
-            routing_key=dead_letter_queue(sub.channel).name,
+            exchange=dead_letter_exchange(sub.channel),
             persist=True,
-            headers={**msg.headers, **headers},
+            headers={**_carried(msg.headers), **headers},
             content_type=msg.content_type,
             message_id=msg.message_id,
         )

@@ -55,6 +55,10 @@ service.schema += [
 ]
 
 
+count_reservations = service.counter("reservations", "Reservation decisions, by result.", "result")
+count_releases = service.counter("reservations_released", "Reservations given back after a failed payment.")
+
+
 class DemoFailure(RuntimeError):
     """The seed's demo trigger: an order for a configured productId (default `FAIL`) always fails."""
 
@@ -121,6 +125,7 @@ async def reserve_stock(event: OrderCreated) -> None:
     if status is None:
         log.info("order %s already decided; duplicate delivery ignored", event.order_id)
         return
+    count_reservations(result=status)
     log.info("order %s %s (event %s)", event.order_id, status, event.event_id)
     service.outbox.notify()
 
@@ -147,6 +152,7 @@ async def release_stock(event: PaymentProcessed | PaymentFailed) -> None:
         return
     released = await service.db.transaction(lambda tx: _release(tx, event.order_id))
     if released is not None:
+        count_releases()
         log.info("order %s: released %d item(s) after payment failure", event.order_id, len(released))
         service.outbox.notify()
 

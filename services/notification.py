@@ -1,17 +1,24 @@
-"""Notification service: one notification per order state change.
+"""Notification service: one notification per order state change, and the DLT listener.
 
 Consumes every event on `order-events`, `inventory-events` and `payment-events`,
 records one notification per event (a redelivered event is recorded once), logs a
 human-readable line, and serves them at `GET /notifications?orderId=`.
+
+Like the seed's DLT listener it also sees every dead-lettered message of those
+channels (without taking it off the DLT), logs `DLT received failed message: <body>`
+and keeps it for inspection at `GET /dead-letters?channel=&limit=`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
 
+from brokers.base import DeadLetter
 from services.events import (
     INVENTORY_EVENTS,
     ORDER_EVENTS,
@@ -31,7 +38,10 @@ service = Service(
     "notification", title="Notification service", description="Tells users what happened to their orders."
 )
 NOTIFICATIONS = service.table("notifications")
+DEAD_LETTERS = service.table("dead_letters")
 service.schema += [
+    f"CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (id {service.db.autoincrement_pk}, channel TEXT NOT NULL,"
+    " body TEXT NOT NULL, headers TEXT NOT NULL, received_at TEXT NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {NOTIFICATIONS} (event_id TEXT PRIMARY KEY,"
     " order_id TEXT NOT NULL, event_type TEXT NOT NULL, message TEXT NOT NULL, occurred_at TEXT NOT NULL)",
 ]
@@ -75,6 +85,46 @@ async def notify(event: Any) -> None:
 service.subscribe(ORDER_EVENTS, notify, OrderCreated, "Notifies about new orders.")
 service.subscribe(INVENTORY_EVENTS, notify, InventoryEvent, "Notifies about reservations.")
 service.subscribe(PAYMENT_EVENTS, notify, PaymentEvent, "Notifies about payments.")
+
+
+class SeenDeadLetter(Model):
+    channel: str
+    body: str
+    headers: dict[str, str]
+    received_at: str
+
+
+async def report_dead_letter(letter: DeadLetter) -> None:
+    """Log and keep a dead-lettered message (the seed's DLT listener)."""
+    body = letter.body.decode("utf-8", "replace")
+    log.warning("DLT received failed message: %s", body)
+    received_at = datetime.now(UTC).isoformat()
+    await service.db.transaction(
+        lambda tx: tx.execute(
+            f"INSERT INTO {DEAD_LETTERS} (channel, body, headers, received_at) VALUES (?, ?, ?, ?)",
+            (letter.channel, body, json.dumps(letter.headers), received_at),
+        )
+    )
+
+
+for _channel in (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS):
+    service.listen_dead_letters(_channel, report_dead_letter)
+
+
+@service.api.get("/dead-letters", response_model=list[SeenDeadLetter], response_model_by_alias=True)
+async def list_dead_letters(
+    channel: Annotated[str | None, Query(description="e.g. order-events.DLT")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[SeenDeadLetter]:
+    """The newest dead letters this listener saw, newest first."""
+    where, params = ("WHERE channel = ?", [service.channel(channel)]) if channel else ("", [])
+    rows = await service.db.transaction(
+        lambda tx: tx.fetchall(
+            f"SELECT channel, body, headers, received_at FROM {DEAD_LETTERS} {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+    )
+    return [SeenDeadLetter(channel=r[0], body=r[1], headers=json.loads(r[2]), received_at=r[3]) for r in rows]
 
 
 @service.api.get("/notifications", response_model=list[Notification], response_model_by_alias=True)

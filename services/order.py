@@ -45,6 +45,9 @@ service.schema += [
     " status TEXT NOT NULL, reason TEXT, fingerprint TEXT NOT NULL)",
 ]
 
+count_created = service.counter("orders_created", "Orders accepted (an idempotent repeat is not counted).")
+count_status = service.counter("order_status_changes", "Order status transitions, by the status reached.", "status")
+
 STATUS_RANK = {"PENDING": 0, "RESERVED": 1, "CONFIRMED": 2, "CANCELLED": 2, "REJECTED": 2}
 
 
@@ -129,6 +132,7 @@ async def place_order(order: PlaceOrder) -> JSONResponse:
     except Conflict:
         raise HTTPException(status_code=409, detail=f"order {order_id} exists with a different body") from None
     if created:
+        count_created()
         log.info("order %s accepted", order_id)
         service.outbox.notify()
     body = OrderAccepted(order_id=order_id, status="PENDING").model_dump(by_alias=True)
@@ -162,6 +166,7 @@ def _advance(tx: Tx, order_id: str, status: str, reason: str | None) -> bool:
 
 async def _move(order_id: str, status: str, reason: str | None = None) -> None:
     if await service.db.transaction(lambda tx: _advance(tx, order_id, status, reason)):
+        count_status(status=status)
         log.info("order %s → %s%s", order_id, status, f" ({reason})" if reason else "")
 
 

@@ -34,6 +34,9 @@ CHARGED = service.table("charged")
 service.schema += [f"CREATE TABLE IF NOT EXISTS {CHARGED} (key TEXT PRIMARY KEY)"]
 
 
+count_payments = service.counter("payments", "Payment outcomes, by result.", "result")
+
+
 def _charge(tx: Tx, event: InventoryReserved) -> PaymentProcessed | PaymentFailed | None:
     if not tx.first_time(CHARGED, event.order_id):
         return None
@@ -54,6 +57,7 @@ async def charge_order(event: InventoryReserved | Any) -> None:
         return
     outcome = await service.db.transaction(lambda tx: _charge(tx, event))
     if outcome is not None:
+        count_payments(result=outcome.event_type)
         log.info("order %s: %s", event.order_id, outcome.event_type)
         service.outbox.notify()
 

@@ -27,9 +27,10 @@ from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import Receive, Scope, Send
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from brokers import Subscription, create_transport
+from brokers.base import DeadLetter
 from config import Settings, get_settings
 from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
@@ -178,6 +179,21 @@ class Service:
 
     def subscribe(self, channel: str, handler: Callable[[Any], Awaitable[None]], model: Any, description: str) -> None:
         self.transport.subscribe(Subscription(self.channel(channel), self.consumer, handler, model, description))
+
+    def counter(self, name: str, documentation: str, *labels: str) -> Callable[..., None]:
+        """A domain counter on /metrics, labelled with `broker` like every other series;
+        returns `inc(**labels)`."""
+        metric = Counter(name, documentation, ("broker", *labels), registry=self.registry)
+        broker = self.transport.label
+
+        def inc(**values: str) -> None:
+            metric.labels(broker=broker, **values).inc()
+
+        return inc
+
+    def listen_dead_letters(self, channel: str, handler: Callable[[DeadLetter], Awaitable[None]]) -> None:
+        """`handler` sees every message dead-lettered from `channel`, which stays on the DLT."""
+        self.transport.listen_dead_letters(self.channel(channel), self.consumer, handler)
 
     def publishes(self, channel: str, model: Any, description: str) -> None:
         self.transport.declare_publisher(self.channel(channel), model, description)

@@ -207,3 +207,19 @@ async def test_burst_of_mixed_orders_loses_nothing(system: System, raw: RawClien
     )
     assert sorted(lettered) == sorted(failing)  # each exactly once
     assert await system.stock(product) == 1000 - len(healthy)
+
+
+async def test_dead_letter_listener_reports_without_taking_it_off_the_dlt(system: System, raw: RawClient) -> None:
+    order_id = uid("fail")
+    await system.post_order({"orderId": order_id, "productId": "FAIL", "quantity": 1})
+
+    async def seen() -> list[dict]:
+        r = await system.http.get(system.url("notification", "/dead-letters?channel=order-events.DLT&limit=1000"))
+        return [d for d in r.json() if order_id in d["body"]]
+
+    [letter] = await eventually(seen, lambda found: len(found) == 1, what="listener saw the dead letter")
+    assert letter["headers"]["x-consumer"] == "inventory-service"
+    assert letter["headers"]["x-attempts"] == "3"
+    lines = [line for _, line in system.services["notification"].log_lines("DLT received failed message:")]
+    assert any(order_id in line for line in lines)
+    assert [m for m in await raw.dead_letters(system.channel("order-events")) if m.order_id() == order_id]

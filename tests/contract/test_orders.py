@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.support.raw import RawClient
-from tests.support.system import System, eventually, uid
+from tests.support.system import System, eventually, metric_value, uid
 
 pytestmark = pytest.mark.contract
 DONE = {"RESERVED", "CONFIRMED"}
@@ -234,3 +234,27 @@ async def test_trace_of_the_http_request_reaches_the_inventory_handler(system: S
     [created] = [line for line in handled if "eventType=OrderCreated" in line]
     assert f"[trace={trace_id}]" in created
     assert all(f"[trace={trace_id}]" in line for line in handled)  # the payment outcome continues the trace
+
+
+async def test_domain_counters_follow_the_saga(system: System) -> None:
+    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
+    product = uid("P")
+    await system.set_stock(product, 1)
+    before = {name: await system.metrics(name) for name in ("order", "inventory", "payment")}
+
+    ok = (await system.post_order({"productId": product, "quantity": 1})).json()["orderId"]
+    no = (await system.post_order({"productId": product, "quantity": 1})).json()["orderId"]
+    await system.wait_status(ok, {"CONFIRMED"})
+    await system.wait_status(no, {"REJECTED"})
+
+    def grew(service: str, name: str, **labels: str) -> float:
+        return metric_value(after[service], name, broker=broker, **labels) - metric_value(
+            before[service], name, broker=broker, **labels
+        )
+
+    after = {name: await system.metrics(name) for name in ("order", "inventory", "payment")}
+    assert grew("order", "orders_created_total") == 2
+    assert grew("order", "order_status_changes_total", status="REJECTED") == 1
+    assert grew("inventory", "reservations_total", result="RESERVED") == 1
+    assert grew("inventory", "reservations_total", result="REJECTED") == 1
+    assert grew("payment", "payments_total", result="PaymentProcessed") == 1
