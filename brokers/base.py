@@ -201,8 +201,11 @@ class Transport(ABC):
     label: ClassVar[str]
     """Value of the `broker` metric label: kafka | rabbitmq | nats."""
 
-    def __init__(self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, namespace: str = "") -> None:
+    def __init__(
+        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability, namespace: str = ""
+    ) -> None:
         self.url = url
+        self.observability = observability
         self.namespace = namespace
         """Prefix of the channels (CHANNEL_NAMESPACE). Consumer identities that are global on a
         broker (Kafka group ids) get it too, so isolated runs never rebalance each other."""
@@ -210,11 +213,29 @@ class Transport(ABC):
         self.metrics = metrics
         self.subscriptions: list[Subscription] = []
         self.lag_watch: dict[tuple[str, str], None] = {}
+        self._broker = self._build_broker()
+
+    @abstractmethod
+    def _build_broker(self) -> BrokerUsecase[Any, Any]:
+        """The FastStream broker, with `broker_options` and the broker's own durability settings."""
+
+    def broker_options(self, prometheus_middleware: type, telemetry_middleware: type) -> dict[str, Any]:
+        """What every broker gets: FastStream's Prometheus and OpenTelemetry middlewares, a graceful
+        stop, and per-message Received/Processed lines at DEBUG (ours is `switchboard.events`)."""
+        obs = self.observability
+        return {
+            "middlewares": [
+                prometheus_middleware(registry=obs.registry, app_name=obs.app_name),
+                telemetry_middleware(tracer_provider=obs.tracer_provider),
+            ],
+            "graceful_timeout": 10.0,
+            "log_level": logging.DEBUG,
+        }
 
     @property
-    @abstractmethod
     def broker(self) -> BrokerUsecase[Any, Any]:
         """The FastStream broker (for the app, AsyncAPI and testing)."""
+        return self._broker
 
     def subscribe(self, sub: Subscription) -> None:
         """Register `sub` with the shared failure policy."""

@@ -39,8 +39,6 @@ from brokers.base import (
     ATTEMPTS_HEADER,
     DeadLetter,
     DeadLetterHandler,
-    Observability,
-    RetryPolicy,
     Subscription,
     Transport,
     attempt_header,
@@ -57,7 +55,6 @@ if TYPE_CHECKING:
     from faststream.kafka.publisher.usecase import DefaultPublisher
     from faststream.message import StreamMessage
 
-    from brokers.metrics import DeliveryMetrics
 
 log = logging.getLogger("switchboard.kafka")
 
@@ -75,34 +72,20 @@ def retry_topic(sub: Subscription, delay_ms: int) -> str:
 class KafkaTransport(Transport):
     label = "kafka"
 
-    def __init__(
-        self,
-        url: str,
-        policy: RetryPolicy,
-        metrics: DeliveryMetrics,
-        observability: Observability,
-        namespace: str = "",
-    ) -> None:
-        super().__init__(url, policy, metrics, namespace)
-        self._broker = KafkaBroker(
-            url,
-            acks="all",
-            enable_idempotence=True,
-            middlewares=[
-                KafkaPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
-                KafkaTelemetryMiddleware(tracer_provider=observability.tracer_provider),
-            ],
-            graceful_timeout=10.0,
-            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._publishers: dict[str, DefaultPublisher] = {}
         self._committers: dict[int, _Committer] = {}
         self._offsets_client: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
-    @property
-    def broker(self) -> KafkaBroker:
-        return self._broker
+    def _build_broker(self) -> KafkaBroker:
+        return KafkaBroker(
+            self.url,
+            acks="all",
+            enable_idempotence=True,
+            **self.broker_options(KafkaPrometheusMiddleware, KafkaTelemetryMiddleware),
+        )
 
     # --- subscriptions -----------------------------------------------------------
     def _register(self, sub: Subscription) -> None:

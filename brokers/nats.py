@@ -32,8 +32,6 @@ from brokers.base import (
     REASON_EXHAUSTED,
     DeadLetter,
     DeadLetterHandler,
-    Observability,
-    RetryPolicy,
     Subscription,
     Transport,
     dead_letter_channel,
@@ -49,7 +47,6 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
     from nats.js import JetStreamContext
 
-    from brokers.metrics import DeliveryMetrics
 
 log = logging.getLogger("switchboard.nats")
 
@@ -74,32 +71,18 @@ def dlt_stream_of(channel: str) -> JStream:
 class NatsTransport(Transport):
     label = "nats"
 
-    def __init__(
-        self,
-        url: str,
-        policy: RetryPolicy,
-        metrics: DeliveryMetrics,
-        observability: Observability,
-        namespace: str = "",
-    ) -> None:
-        super().__init__(url, policy, metrics, namespace)
-        self._broker = NatsBroker(
-            url,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            middlewares=[
-                NatsPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
-                NatsTelemetryMiddleware(tracer_provider=observability.tracer_provider),
-            ],
-            graceful_timeout=10.0,
-            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._streams: dict[str, JStream] = {}
         self._declared_publishers: set[str] = set()
 
-    @property
-    def broker(self) -> NatsBroker:
-        return self._broker
+    def _build_broker(self) -> NatsBroker:
+        return NatsBroker(
+            self.url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            **self.broker_options(NatsPrometheusMiddleware, NatsTelemetryMiddleware),
+        )
 
     @property
     def _js(self) -> JetStreamContext:

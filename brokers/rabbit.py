@@ -36,8 +36,6 @@ from brokers.base import (
     EVENT_TYPE_HEADER,
     DeadLetter,
     DeadLetterHandler,
-    Observability,
-    RetryPolicy,
     Subscription,
     Transport,
     attempt_header,
@@ -52,7 +50,6 @@ from brokers.base import (
 if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
-    from brokers.metrics import DeliveryMetrics
 
 log = logging.getLogger("switchboard.rabbit")
 
@@ -93,32 +90,18 @@ def dead_letter_queue(channel: str) -> RabbitQueue:
 class RabbitTransport(Transport):
     label = "rabbitmq"
 
-    def __init__(
-        self,
-        url: str,
-        policy: RetryPolicy,
-        metrics: DeliveryMetrics,
-        observability: Observability,
-        namespace: str = "",
-    ) -> None:
-        super().__init__(url, policy, metrics, namespace)
-        self._broker = RabbitBroker(
-            url,
-            default_channel=Channel(prefetch_count=PREFETCH),
-            middlewares=[
-                RabbitPrometheusMiddleware(registry=observability.registry, app_name=observability.app_name),
-                RabbitTelemetryMiddleware(tracer_provider=observability.tracer_provider),
-            ],
-            graceful_timeout=10.0,
-            log_level=logging.DEBUG,  # per-message Received/Processed lines; ours is switchboard.events
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._declared_publishers: set[str] = set()
         self._queues_to_declare: dict[str, RabbitQueue] = {}
         self._dead_letter_channels: set[str] = set()
 
-    @property
-    def broker(self) -> RabbitBroker:
-        return self._broker
+    def _build_broker(self) -> RabbitBroker:
+        return RabbitBroker(
+            self.url,
+            default_channel=Channel(prefetch_count=PREFETCH),
+            **self.broker_options(RabbitPrometheusMiddleware, RabbitTelemetryMiddleware),
+        )
 
     def _register(self, sub: Subscription) -> None:
         router = RabbitRouter(middlewares=[self.policy_middleware(sub)])

@@ -154,16 +154,20 @@ def test_every_contract_event_is_a_message_payload_schema_with_an_example(doc: t
 def test_every_consumer_receives_and_publishes_its_dead_letters(doc: tuple[str, Doc]) -> None:
     broker, d = doc
     receives: set[tuple[str, str]] = set()
+    listens: set[tuple[str, str]] = set()
     dead_letters: set[tuple[str, str]] = set()
     for op in d["operations"].values():
         channel = contract_channel(broker, resolve(d, op["channel"]))
         for tag in op["tags"]:
-            if op["action"] == "receive":
+            if op["action"] == "receive" and channel.endswith(".DLT"):
+                listens.add((channel, tag["name"]))  # the DLT listener: dead letters are not re-dead-lettered
+            elif op["action"] == "receive":
                 receives.add((channel, tag["name"]))
             elif channel.endswith(".DLT"):
                 dead_letters.add((channel.removesuffix(".DLT"), tag["name"]))
     assert {consumer for _, consumer in receives} == set(CONSUMERS)
     assert receives <= dead_letters, f"consumers without a dead-letter publisher: {receives - dead_letters}"
+    assert listens == {(f"{c}.DLT", "notification-service") for c in CONTRACT_EVENTS}, listens
 
 
 def test_documents_pass_the_official_asyncapi_parser(documents: dict[str, Path]) -> None:
