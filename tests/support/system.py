@@ -103,7 +103,7 @@ class ServiceProcess:
 class System:
     """The four services on one broker, talking to each other through it."""
 
-    def __init__(self, broker: str, workdir: Path, **env: str) -> None:
+    def __init__(self, broker: str, workdir: Path, port_base: int | None = None, **env: str) -> None:
         self.broker = broker
         self.namespace = uid(f"t{broker[0]}")
         self.workdir = workdir
@@ -118,7 +118,7 @@ class System:
             "LOG_LEVEL": "INFO",
             **env,
         }
-        base = BASE_PORT[broker]
+        base = port_base or BASE_PORT[broker]
         self.services = {name: ServiceProcess(name, base + i, self.env, workdir) for i, name in enumerate(SERVICES)}
         self.http = httpx.AsyncClient(timeout=10.0)
 
