@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.support.system import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 FASTSTREAM = str(Path(sys.executable).parent / "faststream")
@@ -42,20 +42,6 @@ ARTIFACTS = ROOT / "artifacts"
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium missing: scripts/setup.sh installs it (apt-get install chromium)"
 )
-
-
-def free_port() -> int:
-    """A port of PORTS nobody listens on (random start, so parallel runs rarely collide)."""
-    start = random.randrange(len(PORTS))
-    for i in range(len(PORTS)):
-        port = PORTS[(start + i) % len(PORTS)]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +55,7 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The inventory service on NATS, ready; stopped (SIGTERM) afterwards."""
     subprocess.run([str(ROOT / "scripts" / "brokers.sh"), "start", "nats"], check=True, cwd=ROOT, timeout=300)
     workdir = tmp_path_factory.mktemp("docs-page")
-    port = free_port()
+    port = free_port(PORTS)
     namespace = f"docs{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,

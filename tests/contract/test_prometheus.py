@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from scripts.dashboard_queries import DEFAULT_DASHBOARD, dashboard_queries
-from tests.support.system import ROOT, SERVICES, System, brokers_script, eventually, metric_value, uid
+from tests.support.system import ROOT, SERVICES, System, brokers_script, eventually, free_port, metric_value, uid
 
 pytestmark = pytest.mark.contract
 
@@ -72,18 +71,6 @@ def scrape_config_for(system: System) -> tuple[dict[str, Any], dict[str, str]]:
     config.setdefault("global", {}).update(scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
     job.update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL)
     return config, targets
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port for Prometheus in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def launch(binary: str, workdir: Path, config: dict[str, Any], port: int) -> tuple[subprocess.Popen[bytes], Path]:
@@ -137,7 +124,7 @@ async def prometheus(
 ) -> AsyncIterator[Prometheus]:
     config, targets = scrape_config_for(system)
     [job] = config["scrape_configs"]
-    port = free_port()
+    port = free_port(PORTS)
     proc, log_path = launch(prometheus_binary, tmp_path_factory.mktemp(f"prometheus-{system.broker}"), config, port)
     prom = Prometheus(
         url=f"http://127.0.0.1:{port}",

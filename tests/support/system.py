@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from bench.common import metric_value as sample_sum
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order", "inventory", "payment", "notification")
@@ -52,6 +55,20 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
         await asyncio.sleep(0.1)
+
+
+def free_port(ports: range) -> int:
+    """A port of `ports` nobody listens on (random start, so parallel runs rarely collide)."""
+    start = random.randrange(len(ports))
+    for i in range(len(ports)):
+        port = ports[(start + i) % len(ports)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def brokers_script(*args: str) -> None:
@@ -194,12 +211,4 @@ class System:
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        label_part, _, value = line[len(name) + 1 :].rpartition("} ")
-        pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_part))
-        if all(pairs.get(k) == v for k, v in labels.items()):
-            total += float(value)
-    return total
+    return sample_sum(text, name, **labels) or 0.0
