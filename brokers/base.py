@@ -61,6 +61,7 @@ H_FAILED_AT = "x-failed-at"
 REASON_EXHAUSTED = "exhausted"
 REASON_POISON = "poison"
 MAX_EXCEPTION_MESSAGE = 1000
+LAG_REFRESH_S = 1.0
 
 
 class NonRetryableError(Exception):
@@ -213,6 +214,7 @@ class Transport(ABC):
         self.metrics = metrics
         self.subscriptions: list[Subscription] = []
         self.lag_watch: dict[tuple[str, str], None] = {}
+        self._lag_refreshed_at = float("-inf")
         self._broker = self._build_broker()
 
     @abstractmethod
@@ -278,6 +280,12 @@ class Transport(ABC):
         (the consumer never subscribed, or the broker does not answer)."""
 
     async def refresh_lag(self) -> None:
+        """Update the lag gauges, at most once per LAG_REFRESH_S however often /metrics is
+        scraped: each probe costs broker round trips (on RabbitMQ a channel each)."""
+        now = time.monotonic()
+        if now - self._lag_refreshed_at < LAG_REFRESH_S:
+            return
+        self._lag_refreshed_at = now
         for channel, consumer in self.lag_watch:
             try:
                 waiting = await self.consumer_lag(channel, consumer)

@@ -24,11 +24,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aio_pika import IncomingMessage
 from aio_pika.exceptions import ChannelClosed
 from faststream import AckPolicy
+from faststream.prometheus import ConsumeAttrs
+from faststream.prometheus.middleware import PrometheusMiddleware
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
+from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.schemas import Channel
 
 from brokers.base import (
@@ -49,12 +53,37 @@ from brokers.base import (
 
 if TYPE_CHECKING:
     from faststream.message import StreamMessage
+    from prometheus_client import CollectorRegistry
 
 
 log = logging.getLogger("switchboard.rabbit")
 
 CRASH_LOOP_DELIVERY_LIMIT = 10
 PREFETCH = 64
+
+
+class _ChannelLevelMetrics(RabbitMetricsSettingsProvider):
+    """FastStream labels RabbitMQ metrics `<exchange>.<routing key>`; a producer that routes by
+    orderId would make one series per order. Label by exchange (or, on the default exchange,
+    by the queue the routing key names): as bounded as on Kafka and NATS."""
+
+    def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> ConsumeAttrs:
+        attrs = super().get_consume_attrs_from_message(msg)
+        raw = msg.raw_message
+        attrs["destination_name"] = raw.exchange or f"default.{raw.routing_key}"
+        return attrs
+
+    def get_publish_destination_name_from_cmd(self, cmd: RabbitPublishCommand) -> str:
+        return cmd.exchange.name or f"default.{cmd.destination}"
+
+
+class RabbitMetricsMiddleware(PrometheusMiddleware[IncomingMessage, RabbitPublishCommand]):
+    """FastStream's Prometheus middleware for RabbitMQ with `_ChannelLevelMetrics` labels."""
+
+    def __init__(self, *, registry: CollectorRegistry, app_name: str) -> None:
+        super().__init__(
+            settings_provider_factory=lambda _: _ChannelLevelMetrics(), registry=registry, app_name=app_name
+        )
 
 
 def exchange_of(channel: str) -> RabbitExchange:
@@ -100,7 +129,7 @@ class RabbitTransport(Transport):
         return RabbitBroker(
             self.url,
             default_channel=Channel(prefetch_count=PREFETCH),
-            **self.broker_options(RabbitPrometheusMiddleware, RabbitTelemetryMiddleware),
+            **self.broker_options(RabbitMetricsMiddleware, RabbitTelemetryMiddleware),
         )
 
     def _register(self, sub: Subscription) -> None:

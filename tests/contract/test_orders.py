@@ -162,6 +162,9 @@ async def test_seed_flat_event_from_a_foreign_client_is_consumed(system: System,
     await eventually(lambda: system.stock(product), lambda s: s == 7, what="seed event consumed")
     lines = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
     assert len(lines) == 1
+    # the producer keyed (RabbitMQ: routed) it by orderId: no metric may be labelled per order
+    for name in ("inventory", "order", "notification"):
+        assert order_id not in await system.metrics(name)
 
 
 async def test_redelivered_order_created_reserves_once(system: System, raw: RawClient) -> None:
