@@ -66,3 +66,19 @@ def test_dead_letter_envelope() -> None:
     assert headers["x-exception-message"] == "boom line two"
     assert headers["x-attempts"] == "3"
     assert headers["x-failed-at"].endswith("Z")
+
+
+def test_bad_environment_stops_the_process_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config import get_settings
+
+    monkeypatch.setenv("BROKER", "kafak")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert str(stop.value) == (
+        "switchboard: invalid configuration: BROKER: BROKER='kafak' is not supported; "
+        "valid values are: kafka, rabbit, nats"
+    )
