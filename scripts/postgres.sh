@@ -2,13 +2,20 @@
 # A throwaway local PostgreSQL for DATABASE_URL tests, without Docker:
 #   scripts/postgres.sh start|stop|status|url
 # Installs Debian's `postgresql` if missing, keeps its cluster under .local/postgres,
-# listens on 127.0.0.1:${PG_PORT:-55432}, trusts local connections (test use only).
+# listens on 127.0.0.1:${PG_PORT:-55432} (a cluster already running keeps its port; `url`
+# tells it), trusts local connections (test use only).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT="${PG_PORT:-55432}"
 DIR="$ROOT/.local/postgres"
 DATA="$DIR/data"
-URL="postgresql://postgres@127.0.0.1:$PORT/switchboard"
+
+# the URL of our cluster: its real port when it runs (it may have been started with another PG_PORT)
+url() {
+  local port="$PORT"
+  [ -f "$DATA/postmaster.pid" ] && running && port=$(sed -n 4p "$DATA/postmaster.pid")
+  echo "postgresql://postgres@127.0.0.1:$port/switchboard"
+}
 
 pg_bin() {
   local bin
@@ -41,9 +48,10 @@ start() {
     fi
     as_postgres "'$bin/pg_ctl' -D '$DATA' -o '-p $PORT -k $DIR -c listen_addresses=127.0.0.1' -l '$DIR/postgres.log' -w start" >/dev/null
   fi
-  as_postgres "'$bin/psql' -h 127.0.0.1 -p $PORT -U postgres -tAc \"SELECT 1 FROM pg_database WHERE datname='switchboard'\"" | grep -q 1 \
-    || as_postgres "'$bin/createdb' -h 127.0.0.1 -p $PORT -U postgres switchboard"
-  echo "postgres: ready -> $URL"
+  local port; port=$(sed -n 4p "$DATA/postmaster.pid")
+  as_postgres "'$bin/psql' -h 127.0.0.1 -p $port -U postgres -tAc \"SELECT 1 FROM pg_database WHERE datname='switchboard'\"" | grep -q 1 \
+    || as_postgres "'$bin/createdb' -h 127.0.0.1 -p $port -U postgres switchboard"
+  echo "postgres: ready -> $(url)"
 }
 
 stop() { running && as_postgres "$(pg_bin)/pg_ctl -D '$DATA' -m fast stop" >/dev/null; echo "postgres: stopped"; }
@@ -51,7 +59,7 @@ stop() { running && as_postgres "$(pg_bin)/pg_ctl -D '$DATA' -m fast stop" >/dev
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) if running; then echo "postgres: ready -> $URL"; else echo "postgres: stopped"; exit 1; fi ;;
-  url) echo "$URL" ;;
+  status) if running; then echo "postgres: ready -> $(url)"; else echo "postgres: stopped"; exit 1; fi ;;
+  url) url ;;
   *) echo "usage: scripts/postgres.sh start|stop|status|url" >&2; exit 2 ;;
 esac
