@@ -1,7 +1,7 @@
 """Raw broker clients (aiokafka, aio-pika, nats-py) for the ceiling, preloading and taps.
 
 Durability is the services' own: Kafka `acks=all` + idempotence; RabbitMQ publisher
-confirms of persistent messages to a durable topic exchange feeding a quorum queue;
+confirms of persistent messages to a durable fanout exchange feeding a quorum queue;
 JetStream acked publishes into a file stream. Consumers acknowledge after
 processing (Kafka: commit per `getmany` batch; RabbitMQ: manual multiple-ack under a
 prefetch; NATS: pull fetch batches, ack each).
@@ -275,8 +275,8 @@ class RabbitRaw(RawBroker):
         return f"{channel}.{RAW_CONSUMER}"
 
     async def _exchange(self, chan: Any, channel: str) -> Any:
-        # the services' own declaration (durable topic exchange), so either side may come first
-        return await chan.declare_exchange(channel, aio_pika.ExchangeType.TOPIC, durable=True)
+        # the services' own declaration (durable fanout exchange), so either side may come first
+        return await chan.declare_exchange(channel, aio_pika.ExchangeType.FANOUT, durable=True)
 
     async def create_raw_channel(self, channel: str) -> None:
         chan = await self.conn.channel()

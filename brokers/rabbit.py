@@ -2,8 +2,9 @@
 
 Native mapping of the shared policy:
 
-* channel → durable topic exchange of that name; each consumer owns the durable
-  quorum queue `<channel>.<consumer>` bound with `#` (so any routing key reaches
+* channel → durable fanout exchange of that name; each consumer owns the durable
+  quorum queue `<channel>.<consumer>` bound to it (so whatever routing key a foreign
+  publisher uses, and whatever binding key a foreign consumer uses, every message reaches
   it). Messages are persistent and published with publisher confirms; a message is
   acked only after its handler returned or it was handed on.
 * retry → the message is re-published, with our own `x-attempts` header, to the
@@ -87,7 +88,7 @@ class RabbitMetricsMiddleware(PrometheusMiddleware[IncomingMessage, RabbitPublis
 
 
 def exchange_of(channel: str) -> RabbitExchange:
-    return RabbitExchange(channel, type=ExchangeType.TOPIC, durable=True)
+    return RabbitExchange(channel, type=ExchangeType.FANOUT, durable=True)
 
 
 def consumer_queue_name(sub: Subscription) -> str:
@@ -139,7 +140,6 @@ class RabbitTransport(Transport):
             consumer_queue_name(sub),
             queue_type=QueueType.QUORUM,
             durable=True,
-            routing_key="#",
             arguments={
                 "x-delivery-limit": CRASH_LOOP_DELIVERY_LIMIT,
                 "x-dead-letter-exchange": dlt.name,
@@ -196,8 +196,8 @@ class RabbitTransport(Transport):
             await queue.bind(exchange)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
-        # The routing key is the event type, not the orderId: consumers may bind to event types,
-        # and FastStream labels its metrics with it, so it must stay low-cardinality.
+        # The exchange fans out whatever the key; the event type makes it informative for tools
+        # that show routing keys, and stays low-cardinality (never the orderId).
         routing_key = headers.get(EVENT_TYPE_HEADER, "")
         await self._broker.publish(
             body,

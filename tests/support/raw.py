@@ -146,7 +146,7 @@ class RabbitRaw(RawClient):
         chan = await self.connection.channel()
         # durable, so the tap survives a broker restart; x-expires cleans it up afterwards
         queue = await chan.declare_queue(f"tap-{uuid.uuid4().hex}", durable=True, arguments={"x-expires": 600_000})
-        await queue.bind(channel, routing_key="#")
+        await queue.bind(channel, routing_key="")  # any binding key: the channel's exchange fans out
         return chan, queue
 
     async def tapped(self, token: Any) -> list[RawMessage]:
