@@ -28,8 +28,8 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -145,11 +145,6 @@ class DeadLetter:
         except ValueError:
             body = self.body.decode("utf-8", "replace")
         return {"channel": self.channel, "position": self.position, "headers": self.headers, "body": body}
-
-
-@dataclass
-class ReplayResult:
-    replayed: list[DeadLetter] = field(default_factory=list)
 
 
 def replay_headers(letter: DeadLetter) -> dict[str, str]:
@@ -431,7 +426,3 @@ def handler_endpoint(sub: Subscription) -> Callable[..., Awaitable[None]]:
     endpoint.__name__ = getattr(sub.handler, "__name__", "handle")
     endpoint.__doc__ = sub.description or sub.handler.__doc__
     return endpoint
-
-
-def unique(items: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(items))

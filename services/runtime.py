@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -270,7 +270,6 @@ class Service:
 
     def require_admin(self, request: Request) -> None:
         """403 unless `Authorization: Bearer <ADMIN_TOKEN>` matches a configured token."""
-        from fastapi import HTTPException
 
         token = self.settings.admin_token
         if not token or request.headers.get("authorization", "") != f"Bearer {token}":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.support.system import free_port
+from tests.support.system import free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -88,12 +87,7 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             time.sleep(0.2)
         yield Service(base, namespace)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 class PageText(HTMLParser):

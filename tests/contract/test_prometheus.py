@@ -15,7 +15,6 @@ import asyncio
 import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +26,17 @@ import pytest
 import yaml
 
 from scripts.dashboard_queries import DEFAULT_DASHBOARD, dashboard_queries
-from tests.support.system import ROOT, SERVICES, System, brokers_script, eventually, free_port, metric_value, uid
+from tests.support.system import (
+    ROOT,
+    SERVICES,
+    System,
+    brokers_script,
+    eventually,
+    free_port,
+    metric_value,
+    terminate,
+    uid,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -90,17 +99,6 @@ def launch(binary: str, workdir: Path, config: dict[str, Any], port: int) -> tup
             stderr=subprocess.STDOUT,
         )
     return proc, log_path
-
-
-def terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,18 @@ def free_port(ports: range) -> int:
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process gracefully (SIGTERM, 20 s), then by force."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def brokers_script(*args: str) -> None:
     subprocess.run([str(ROOT / "scripts" / "brokers.sh"), *args], check=True, cwd=ROOT)
 
@@ -98,14 +110,8 @@ class ServiceProcess:
             )
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
 
     def log_lines(self, needle: str) -> list[tuple[datetime, str]]:
