@@ -10,8 +10,15 @@ Contract of a `Transport` (proven for each broker by `tests/contract/`):
   a JetStream stream.
 * **Subscriptions.** `subscribe(Subscription)` delivers each message of the channel
   to the handler at least once, per consumer name (Kafka group, RabbitMQ queue owner,
-  NATS durable). A message is acknowledged only after the handler returned, or after
-  it was handed to the retry or dead-letter path.
+  NATS durable), in channel order per key.
+* **Batches.** Messages are consumed in batches (Kafka `getmany`, a JetStream pull of
+  up to `BATCH_MAX`, RabbitMQ deliveries that arrive while the previous batch runs),
+  with per-message semantics: the handler runs once per message, in order, inside the
+  subscription's `batch_scope` (one store transaction for the batch, a savepoint per
+  message); a message that fails is retried or dead-lettered alone. Only after the
+  scope committed and every failed message was handed to the retry or dead-letter
+  path are the batch's messages acknowledged (one offset commit per partition on Kafka).
+  If the scope fails, nothing of the batch is acknowledged and it is redelivered.
 * **Failure policy** (one `RetryPolicy`, carried out natively by each broker): a
   handler that raises is redelivered until `max_attempts` deliveries, waiting
   `delay × multiplier^(n-1)` before delivery n+1, without blocking other messages.
@@ -24,17 +31,24 @@ Contract of a `Transport` (proven for each broker by `tests/contract/`):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from faststream import BaseMiddleware, Context
-from pydantic import ValidationError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from pydantic import TypeAdapter, ValidationError
 
 if TYPE_CHECKING:
     from faststream._internal.broker import BrokerUsecase
@@ -62,6 +76,8 @@ REASON_EXHAUSTED = "exhausted"
 REASON_POISON = "poison"
 MAX_EXCEPTION_MESSAGE = 1000
 LAG_REFRESH_S = 1.0
+BATCH_MAX = 256
+"""Most messages handled in one batch (one store transaction, one acknowledgement round)."""
 
 
 class NonRetryableError(Exception):
@@ -107,12 +123,18 @@ Handler = Callable[[Any], Awaitable[None]]
 DeadLetterHandler = Callable[["DeadLetter"], Awaitable[None]]
 
 
+def _no_scope() -> AbstractAsyncContextManager[Any]:
+    return nullcontext()
+
+
 @dataclass(frozen=True)
 class Subscription:
     """One consumer's handler on one channel.
 
     `model` is the type the message body is validated into before `handler` runs
     (a pydantic model or an annotated union); it also documents the channel in AsyncAPI.
+    `batch_scope()` is entered around each batch (the service's store transaction);
+    its exit must make the effects of the batch's handlers durable, or raise.
     """
 
     channel: str
@@ -120,10 +142,29 @@ class Subscription:
     handler: Handler
     model: Any
     description: str = ""
+    batch_scope: Callable[[], AbstractAsyncContextManager[Any]] = field(default=_no_scope, compare=False)
 
     @property
     def dead_letter_channel(self) -> str:
         return dead_letter_channel(self.channel)
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.model)
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One received message of a batch, as the shared policy sees it."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    attempt: int
+    """Which delivery (1-based) of this message this is."""
+    native: Any
+    """The broker's own handle (record, incoming message), for its settle/retry moves."""
+    settled: bool = False
+    """Set by a broker move that acknowledged or released the message itself (NATS nak)."""
 
 
 @dataclass
@@ -175,13 +216,9 @@ def dead_letter_headers(sub: Subscription, exc: BaseException, attempts: int) ->
     }
 
 
-async def decode_json_or_bytes(msg: StreamMessage[Any]) -> Any:
-    """FastStream decoder that never raises: bad JSON stays bytes and fails validation as poison.
-    (Async on purpose: FastStream runs a sync decoder in a worker thread, per message.)"""
-    try:
-        return json.loads(msg.body)
-    except (ValueError, UnicodeDecodeError):
-        return msg.body
+async def decode_untouched(msg: StreamMessage[Any]) -> Any:
+    """FastStream decoder for policy subscribers: the policy validates each body itself."""
+    return msg.body
 
 
 def attempt_header(headers: dict[str, Any], default: int = 1) -> int:
@@ -306,88 +343,183 @@ class Transport(ABC):
     async def stop_extras(self) -> None:  # noqa: B027 - optional hook
         """Release what `start_extras` acquired."""
 
-    # --- the failure policy, shared; brokers supply the native moves ---------------
-    def policy_middleware(self, sub: Subscription) -> Callable[..., BaseMiddleware]:
+    # --- batches and the failure policy, shared; brokers supply the native moves -------
+    def policy_middleware(self, sub: Subscription) -> type[BaseMiddleware]:
+        """The FastStream middleware that takes over `sub`'s messages: it turns each FastStream
+        message (one or a batch) into deliveries and runs them in batches; FastStream's own
+        handler call is never reached (the endpoint only documents the payload)."""
         transport = self
+        batcher = _Batcher(lambda batch: transport._run_batch(sub, batch))
 
         class DeliveryPolicy(BaseMiddleware):
-            async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-                return await transport._deliver(sub, call_next, msg)
+            async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:  # noqa: ARG002
+                deliveries = await transport._deliveries(sub, msg)
+                if deliveries:
+                    await batcher.submit(deliveries)
 
         return DeliveryPolicy
 
-    async def _deliver(
-        self, sub: Subscription, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        if await self._defer_if_not_due(sub, msg):
-            return None
-        attempt = self._attempt_of(msg)
-        try:
-            result = await call_next(msg)
-        except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
-            await self._on_failure(sub, msg, exc, attempt)
-            return None
-        await self._settle(msg)
-        events_log.info("handled %s", await _describe(sub, msg, attempt))
-        return result
+    @cached_property
+    def _tracer(self) -> trace.Tracer:
+        provider = self.observability.tracer_provider or trace.get_tracer_provider()
+        return provider.get_tracer("switchboard.delivery")
 
-    async def _on_failure(self, sub: Subscription, msg: StreamMessage[Any], exc: Exception, attempt: int) -> None:
-        if not is_poison(exc) and attempt < self.policy.max_attempts:
-            delay_ms = self.policy.delay_ms_before(attempt + 1)
-            log.warning(
-                "retrying %s for %s in %d ms (attempt %d/%d failed: %s: %s)",
+    async def _run_batch(self, sub: Subscription, batch: list[Delivery]) -> None:
+        failed: list[tuple[Delivery, Exception]] = []
+        try:
+            async with sub.batch_scope():
+                for delivery in batch:
+                    exc = await self._handle(sub, delivery)
+                    if exc is not None:
+                        failed.append((delivery, exc))
+        except Exception:
+            log.exception(
+                "batch of %d message(s) of %s for %s not committed; redelivering it",
+                len(batch),
                 sub.channel,
                 sub.consumer,
-                delay_ms,
+            )
+            await self._settle(sub, [], [d for d in batch if not d.settled])
+            return
+        outcomes = await asyncio.gather(*(self._on_failure(sub, d, exc) for d, exc in failed), return_exceptions=True)
+        lost = [d for (d, _), outcome in zip(failed, outcomes, strict=True) if isinstance(outcome, BaseException)]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.error("could not hand a failed message of %s to retry/DLT; redelivering: %s", sub.channel, outcome)
+        pending = [d for d in batch if not d.settled]
+        await self._settle(sub, [d for d in pending if d not in lost], [d for d in pending if d in lost])
+
+    async def _handle(self, sub: Subscription, delivery: Delivery) -> Exception | None:
+        """Run the handler on one message inside a consumer span continuing the message's trace;
+        returns the failure instead of raising it."""
+        with self._span(sub, delivery):
+            try:
+                event = sub.adapter.validate_json(delivery.body)
+                await sub.handler(event)
+            except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
+                return exc
+            events_log.info("handled %s", _describe(sub, delivery.attempt, event))
+        return None
+
+    def _span(self, sub: Subscription, delivery: Delivery) -> Any:
+        carrier = {k: v for k, v in delivery.headers.items() if isinstance(v, str)}
+        return self._tracer.start_as_current_span(
+            f"{sub.channel} process",
+            context=propagate.extract(carrier),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": self.label,
+                "messaging.destination.name": sub.channel,
+                "messaging.consumer.group.name": sub.consumer,
+            },
+        )
+
+    async def _on_failure(self, sub: Subscription, delivery: Delivery, exc: Exception) -> None:
+        with _continued(delivery.headers):
+            attempt = delivery.attempt
+            if not is_poison(exc) and attempt < self.policy.max_attempts:
+                delay_ms = self.policy.delay_ms_before(attempt + 1)
+                log.warning(
+                    "retrying %s for %s in %d ms (attempt %d/%d failed: %s: %s)",
+                    sub.channel,
+                    sub.consumer,
+                    delay_ms,
+                    attempt,
+                    self.policy.max_attempts,
+                    type(exc).__name__,
+                    exc,
+                )
+                await self._schedule_retry(sub, delivery, attempt + 1, delay_ms)
+                self.metrics.retry_scheduled(sub.channel, sub.consumer)
+                return
+            reason = REASON_POISON if is_poison(exc) else REASON_EXHAUSTED
+            log.error(
+                "dead-lettering message of %s for %s (%s after %d attempt(s)): %s: %s",
+                sub.channel,
+                sub.consumer,
+                reason,
                 attempt,
-                self.policy.max_attempts,
                 type(exc).__name__,
                 exc,
             )
-            await self._schedule_retry(sub, msg, attempt + 1, delay_ms)
-            self.metrics.retry_scheduled(sub.channel, sub.consumer)
-            return
-        reason = REASON_POISON if is_poison(exc) else REASON_EXHAUSTED
-        headers = dead_letter_headers(sub, exc, attempt)
-        log.error(
-            "dead-lettering message of %s for %s (%s after %d attempt(s)): %s: %s",
-            sub.channel,
-            sub.consumer,
-            reason,
-            attempt,
-            type(exc).__name__,
-            exc,
-        )
-        await self._dead_letter(sub, msg, headers)
-        self.metrics.dead_lettered(sub.channel, sub.consumer, reason)
-
-    async def _settle(self, msg: StreamMessage[Any]) -> None:
-        """Acknowledge a message whose outcome (effect, retry or dead letter) is durable."""
-        await msg.ack()
-
-    async def _defer_if_not_due(self, sub: Subscription, msg: StreamMessage[Any]) -> bool:  # noqa: ARG002
-        """Brokers without native delay put a not-yet-due retry back; True if they did."""
-        return False
+            await self._dead_letter(sub, delivery, dead_letter_headers(sub, exc, attempt))
+            self.metrics.dead_lettered(sub.channel, sub.consumer, reason)
 
     @abstractmethod
-    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
-        """Which delivery (1-based) of this message this is."""
+    async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:
+        """The deliveries in FastStream's message (one, or a batch), in channel order. Brokers
+        without native delay put not-yet-due retries back here and leave them out."""
 
     @abstractmethod
-    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
-        """Arrange delivery `attempt` after `delay_ms` and settle the current one."""
+    async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
+        """Arrange delivery `attempt` after `delay_ms` (durably, before returning)."""
 
     @abstractmethod
-    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
-        """Publish the original bytes to the DLT with `headers`, then settle the source."""
+    async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
+        """Publish the original bytes to the DLT with `headers` (durably, before returning)."""
+
+    @abstractmethod
+    async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:
+        """Acknowledge `done` (their outcome is durable) and give `redeliver` back to the broker
+        for another delivery, without acknowledging anything after them in channel order."""
 
 
-async def _describe(sub: Subscription, msg: StreamMessage[Any], attempt: int) -> str:
-    body = await msg.decode()
-    fields = body if isinstance(body, dict) else {}
+class _Batcher:
+    """Group commit for one subscription: deliveries submitted while a batch runs form the
+    next batch (up to BATCH_MAX); each submitter returns when its deliveries were run."""
+
+    def __init__(self, run: Callable[[list[Delivery]], Awaitable[None]]) -> None:
+        self._run = run
+        self._waiting: list[tuple[list[Delivery], asyncio.Future[None]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, deliveries: list[Delivery]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((deliveries, done))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        await done
+
+    def _next_batch(self) -> list[tuple[list[Delivery], asyncio.Future[None]]]:
+        taken, size = [], 0
+        while self._waiting and (not taken or size + len(self._waiting[0][0]) <= BATCH_MAX):
+            item = self._waiting.pop(0)
+            taken.append(item)
+            size += len(item[0])
+        return taken
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # deliveries arriving in the same loop turn join this batch
+        while self._waiting:
+            taken = self._next_batch()
+            try:
+                await self._run([d for deliveries, _ in taken for d in deliveries])
+            except BaseException as exc:
+                for _, done in taken:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, done in taken:
+                    if not done.done():
+                        done.set_result(None)
+
+
+@contextlib.contextmanager
+def _continued(headers: Mapping[str, Any]) -> Iterator[None]:
+    """Run the block in the trace context carried by `headers` (for its log lines)."""
+    token = otel_context.attach(propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)}))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _describe(sub: Subscription, attempt: int, event: Any) -> str:
     return (
-        f"channel={sub.channel} consumer={sub.consumer} attempt={attempt} orderId={fields.get('orderId', '-')} "
-        f"eventId={fields.get('eventId', '-')} eventType={fields.get('eventType', '-')}"
+        f"channel={sub.channel} consumer={sub.consumer} attempt={attempt} orderId={getattr(event, 'order_id', '-')} "
+        f"eventId={getattr(event, 'event_id', '-')} eventType={getattr(event, 'event_type', '-')}"
     )
 
 

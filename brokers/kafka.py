@@ -37,15 +37,17 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 
 from brokers.base import (
     ATTEMPTS_HEADER,
+    BATCH_MAX,
     DeadLetter,
     DeadLetterHandler,
+    Delivery,
     Subscription,
     Transport,
     attempt_header,
     dead_letter_channel,
     dead_letter_endpoint,
-    decode_json_or_bytes,
     decode_raw,
+    decode_untouched,
     due_in_seconds,
     handler_endpoint,
     replay_headers,
@@ -94,7 +96,9 @@ class KafkaTransport(Transport):
         common: dict[str, Any] = {
             "auto_offset_reset": "earliest",
             "ack_policy": AckPolicy.MANUAL,
-            "decoder": decode_json_or_bytes,
+            "decoder": decode_untouched,
+            "batch": True,
+            "max_records": BATCH_MAX,
         }
         router.subscriber(
             sub.channel,
@@ -145,55 +149,67 @@ class KafkaTransport(Transport):
         return f"{self.namespace}.{consumer}" if self.namespace else consumer
 
     # --- native failure moves ----------------------------------------------------
-    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
-        return attempt_header(msg.headers)
-
-    async def _defer_if_not_due(self, sub: Subscription, msg: StreamMessage[Any]) -> bool:  # noqa: ARG002
-        due_at = msg.headers.get(DUE_HEADER)
-        if not due_at:
-            return False
-        wait = due_in_seconds(int(due_at))
-        if wait <= 0:
-            return False
-        record = msg.raw_message
+    async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
+        """The batch's records; on a retry tier, a partition whose head record is not due yet is
+        paused and rewound to it, and its later records wait too (the tier is ordered by due time)."""
         consumer = msg.consumer  # type: ignore[attr-defined]
-        tp = TopicPartition(record.topic, record.partition)
-        consumer.pause(tp)
-        consumer.seek(tp, record.offset)
-        asyncio.get_running_loop().call_later(wait, _resume, consumer, tp)
-        return True
+        deliveries: list[Delivery] = []
+        waiting: set[TopicPartition] = set()
+        for record, headers in zip(msg.raw_message, msg.batch_headers, strict=True):
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in waiting:
+                continue
+            due_at = headers.get(DUE_HEADER)
+            wait = due_in_seconds(int(due_at)) if due_at else 0.0
+            if wait > 0:
+                waiting.add(tp)
+                consumer.pause(tp)
+                consumer.seek(tp, record.offset)
+                asyncio.get_running_loop().call_later(wait, _resume, consumer, tp)
+                continue
+            deliveries.append(Delivery(record.value or b"", headers, attempt_header(headers), (consumer, record)))
+        return deliveries
 
-    def _carried_headers(self, msg: StreamMessage[Any]) -> dict[str, str]:
-        record = msg.raw_message
-        headers = {k: v for k, v in msg.headers.items() if k not in INTERNAL_HEADERS}
+    def _carried_headers(self, delivery: Delivery) -> dict[str, str]:
+        _, record = delivery.native
+        headers = {k: v for k, v in delivery.headers.items() if k not in INTERNAL_HEADERS}
         headers.setdefault(H_PARTITION, str(record.partition))
         headers.setdefault(H_OFFSET, str(record.offset))
         return headers
 
-    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
-        headers = self._carried_headers(msg)
+    async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
+        headers = self._carried_headers(delivery)
         headers[ATTEMPTS_HEADER] = str(attempt)
         headers[DUE_HEADER] = str(int(time.time() * 1000) + delay_ms)
-        await self._broker.publish(msg.body, retry_topic(sub, delay_ms), key=msg.raw_message.key, headers=headers)
-        await self._settle(msg)
+        _, record = delivery.native
+        await self._broker.publish(delivery.body, retry_topic(sub, delay_ms), key=record.key, headers=headers)
 
-    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
-        envelope = {**self._carried_headers(msg), **headers}
-        await self._dlt_publisher(sub.dead_letter_channel, sub).publish(
-            msg.body, key=msg.raw_message.key, headers=envelope
-        )
-        await self._settle(msg)
+    async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
+        envelope = {**self._carried_headers(delivery), **headers}
+        _, record = delivery.native
+        await self._dlt_publisher(sub.dead_letter_channel, sub).publish(delivery.body, key=record.key, headers=envelope)
 
-    async def _settle(self, msg: StreamMessage[Any]) -> None:
-        """Commit this record's offset, coalesced: while one commit is in flight, the records
-        settled meanwhile are committed together by the next one. Only settled records
-        are ever committed (explicit offsets, never the consumer's fetch position)."""
-        record = msg.raw_message
-        consumer = msg.consumer  # type: ignore[attr-defined]
+    async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
+        """Commit, per partition, past the settled records but never past the first record to
+        redeliver, which the consumer is rewound to. Commits are coalesced (`_Committer`)."""
+        rewind: dict[tuple[Any, TopicPartition], int] = {}
+        for consumer, record in (d.native for d in redeliver):
+            key = (consumer, TopicPartition(record.topic, record.partition))
+            rewind[key] = min(record.offset, rewind.get(key, record.offset))
+        commit: dict[tuple[Any, TopicPartition], int] = {}
+        for consumer, record in (d.native for d in done):
+            key = (consumer, TopicPartition(record.topic, record.partition))
+            commit[key] = max(record.offset + 1, commit.get(key, 0))
+        for (consumer, tp), offset in rewind.items():
+            consumer.seek(tp, offset)
+        for (consumer, tp), next_offset in commit.items():
+            self._committer(consumer).mark(tp, min(next_offset, rewind.get((consumer, tp), next_offset)))
+
+    def _committer(self, consumer: AIOKafkaConsumer) -> _Committer:
         committer = self._committers.get(id(consumer))
         if committer is None or committer.consumer is not consumer:
             committer = self._committers[id(consumer)] = _Committer(consumer)
-        committer.mark(TopicPartition(record.topic, record.partition), record.offset + 1)
+        return committer
 
     # --- lag -----------------------------------------------------------------------
     async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:

@@ -28,17 +28,19 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from brokers.base import (
+    BATCH_MAX,
     EVENT_ID_HEADER,
     REASON_EXHAUSTED,
     DeadLetter,
     DeadLetterHandler,
+    Delivery,
     Subscription,
     Transport,
     dead_letter_channel,
     dead_letter_endpoint,
     dead_letter_headers,
-    decode_json_or_bytes,
     decode_raw,
+    decode_untouched,
     handler_endpoint,
     replay_headers,
 )
@@ -99,11 +101,13 @@ class NatsTransport(Transport):
             sub.channel,
             stream=self._stream(sub.channel),
             durable=sub.consumer,
-            pull_sub=PullSub(batch_size=PULL_BATCH, timeout=5.0),
+            # not FastStream's batch mode, which waits for a full batch or the timeout: a fetch
+            # returns what is there at once, and the batcher groups what arrives meanwhile
+            pull_sub=PullSub(batch_size=BATCH_MAX, timeout=5.0),
             config=ConsumerConfig(max_deliver=self.policy.max_attempts + 1, ack_wait=ACK_WAIT_S),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.MANUAL,
-            decoder=decode_json_or_bytes,
+            decoder=decode_untouched,
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
         )(handler_endpoint(sub))
@@ -177,19 +181,23 @@ class NatsTransport(Transport):
         await self._broker.publish(body, channel, headers=headers, stream=self._stream(channel).name)
 
     # --- native failure moves ----------------------------------------------------
-    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
-        metadata = getattr(msg.raw_message, "metadata", None)
-        try:
-            return int(metadata.num_delivered) if metadata else 1
-        except (AttributeError, TypeError):  # in-memory test broker has no delivery metadata
-            return 1
+    async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
+        return [Delivery(msg.body, msg.headers, _delivery_count(msg.raw_message), msg)]
 
-    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:  # noqa: ARG002
-        await msg.nack(delay=delay_ms / 1000)
+    async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:  # noqa: ARG002
+        await delivery.native.nack(delay=delay_ms / 1000)
+        delivery.settled = True
 
-    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
-        await self._publish_dead_letter(sub, msg.body, {**msg.headers, **headers})
-        await msg.ack()
+    async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
+        await self._publish_dead_letter(sub, delivery.body, {**delivery.headers, **headers})
+
+    async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
+        """Ack each settled message; nak the others for an immediate redelivery. (Acks are
+        fire-and-forget publishes: a lost one means a redelivery, which handlers absorb.)"""
+        for delivery in done:
+            await delivery.native.ack()
+        for delivery in redeliver:
+            await delivery.native.nack()
 
     async def _publish_dead_letter(self, sub: Subscription, body: bytes, headers: dict[str, Any]) -> None:
         dlt = sub.dead_letter_channel
@@ -245,6 +253,13 @@ class NatsTransport(Transport):
             letters.append(letter)
         await psub.unsubscribe()
         return letters
+
+
+def _delivery_count(msg: Any) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (AttributeError, TypeError, ValueError):  # in-memory test broker has no delivery metadata
+        return 1
 
 
 class MaxDeliveriesExceeded(Exception):

@@ -38,16 +38,18 @@ from faststream.rabbit.schemas import Channel
 
 from brokers.base import (
     ATTEMPTS_HEADER,
+    BATCH_MAX,
     EVENT_TYPE_HEADER,
     DeadLetter,
     DeadLetterHandler,
+    Delivery,
     Subscription,
     Transport,
     attempt_header,
     dead_letter_channel,
     dead_letter_endpoint,
-    decode_json_or_bytes,
     decode_raw,
+    decode_untouched,
     handler_endpoint,
     replay_headers,
 )
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.rabbit")
 
 CRASH_LOOP_DELIVERY_LIMIT = 10
-PREFETCH = 64
+PREFETCH = BATCH_MAX
 
 
 class _ChannelLevelMetrics(RabbitMetricsSettingsProvider):
@@ -149,7 +151,7 @@ class RabbitTransport(Transport):
             queue,
             exchange_of(sub.channel),
             ack_policy=AckPolicy.MANUAL,
-            decoder=decode_json_or_bytes,
+            decoder=decode_untouched,
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
         )(handler_endpoint(sub))
@@ -208,31 +210,37 @@ class RabbitTransport(Transport):
         )
 
     # --- native failure moves ----------------------------------------------------
-    def _attempt_of(self, msg: StreamMessage[Any]) -> int:
-        return attempt_header(msg.headers)
+    async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
+        # one message per FastStream call; the batcher groups those that arrive meanwhile (prefetch)
+        return [Delivery(msg.body, msg.headers, attempt_header(msg.headers), msg)]
 
-    async def _schedule_retry(self, sub: Subscription, msg: StreamMessage[Any], attempt: int, delay_ms: int) -> None:
-        headers = {**_carried(msg.headers), ATTEMPTS_HEADER: str(attempt)}
+    async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
+        msg = delivery.native
         await self._broker.publish(
-            msg.body,
+            delivery.body,
             routing_key=delay_queue(sub, delay_ms).name,
             persist=True,
-            headers=headers,
+            headers={**_carried(delivery.headers), ATTEMPTS_HEADER: str(attempt)},
             content_type=msg.content_type,
             message_id=msg.message_id,
         )
-        await msg.ack()
 
-    async def _dead_letter(self, sub: Subscription, msg: StreamMessage[Any], headers: dict[str, str]) -> None:
+    async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
+        msg = delivery.native
         await self._broker.publish(
-            msg.body,
+            delivery.body,
             exchange=dead_letter_exchange(sub.channel),
             persist=True,
-            headers={**_carried(msg.headers), **headers},
+            headers={**_carried(delivery.headers), **headers},
             content_type=msg.content_type,
             message_id=msg.message_id,
         )
-        await msg.ack()
+
+    async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
+        for delivery in done:
+            await delivery.native.ack()
+        for delivery in redeliver:
+            await delivery.native.nack(requeue=True)
 
     # --- lag -----------------------------------------------------------------------
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:

@@ -178,7 +178,11 @@ class Service:
         return {name: self.channel(name) for name in CHANNEL_EVENTS}
 
     def subscribe(self, channel: str, handler: Callable[[Any], Awaitable[None]], model: Any, description: str) -> None:
-        self.transport.subscribe(Subscription(self.channel(channel), self.consumer, handler, model, description))
+        """`handler` runs once per message, in batches sharing one store transaction (each
+        `db.transaction` inside it is a savepoint): see `brokers.base` and `services.store`."""
+        self.transport.subscribe(
+            Subscription(self.channel(channel), self.consumer, handler, model, description, batch_scope=self.db.batch)
+        )
 
     def counter(self, name: str, documentation: str, *labels: str) -> Callable[..., None]:
         """A domain counter on /metrics, labelled with `broker` like every other series;

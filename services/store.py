@@ -2,7 +2,13 @@
 
 Contract: `Database.transaction(fn)` runs `fn(tx)` in one database transaction,
 one transaction at a time per process, and commits only if `fn` returns (SQLite
-runs on the event loop's thread, PostgreSQL in a worker thread). SQL is written once with `?` placeholders and portable statements
+runs on the event loop's thread, PostgreSQL in a worker thread). Inside
+`async with db.batch():` (a consumer batch) every `transaction(fn)` of the same task
+is a savepoint of one outer transaction instead: `fn`'s changes vanish alone if it
+raises, and all the others are committed together when the block exits (or all rolled
+back if the block raises). Other tasks wait for the batch to end.
+
+SQL is written once with `?` placeholders and portable statements
 (`INSERT … ON CONFLICT DO NOTHING`, conditional `UPDATE`); table names carry the
 service's prefix so several services may share one PostgreSQL database.
 """
@@ -10,9 +16,10 @@ service's prefix so several services may share one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -51,13 +58,19 @@ class Tx:
         return self.execute(f"INSERT INTO {table} (key) VALUES (?) ON CONFLICT DO NOTHING", (key,)) == 1
 
 
+_in_batch: contextvars.ContextVar[Database | None] = contextvars.ContextVar("in_batch", default=None)
+SAVEPOINT = "handler"
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = urlparse(url)
         self.dialect = "postgresql" if parsed.scheme.startswith("postgres") else "sqlite"
         self._conn: Any = None
-        self._lock = threading.Lock()
+        self._busy = asyncio.Lock()
+        self._begin = "BEGIN" if self.dialect == "postgresql" else "BEGIN IMMEDIATE"
+        self._placeholder = "%s" if self.dialect == "postgresql" else "?"
 
     @property
     def autoincrement_pk(self) -> str:
@@ -67,7 +80,8 @@ class Database:
         if self.dialect == "postgresql":
             import psycopg
 
-            return psycopg.connect(self.url.replace("postgresql+psycopg://", "postgresql://"))
+            # transactions are explicit statements (BEGIN/SAVEPOINT/COMMIT), as on SQLite
+            return psycopg.connect(self.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         path = self.url.split("sqlite:///", 1)[-1]
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -81,28 +95,65 @@ class Database:
         for ddl in schema:
             await self.transaction(lambda tx, ddl=ddl: tx.execute(ddl))
 
-    def _run(self, fn: Callable[[Tx], T]) -> T:
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("database is not connected")
-            if self.dialect == "sqlite":
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(Tx(conn, "?"))
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return result
-            with conn.transaction():
-                return fn(Tx(conn, "%s"))
+    def _connection(self) -> Any:
+        if self._conn is None:
+            raise RuntimeError("database is not connected")
+        return self._conn
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    def _enclosed(self, begin: str, commit: str, rollback: str, fn: Callable[[Tx], T]) -> T:
+        conn = self._connection()
+        conn.execute(begin)
+        try:
+            result = fn(Tx(conn, self._placeholder))
+        except BaseException:
+            conn.execute(rollback)
+            raise
+        conn.execute(commit)
+        return result
+
+    def _run(self, fn: Callable[[Tx], T]) -> T:
+        return self._enclosed(self._begin, "COMMIT", "ROLLBACK", fn)
+
+    def _run_savepoint(self, fn: Callable[[Tx], T]) -> T:
+        return self._enclosed(
+            f"SAVEPOINT {SAVEPOINT}", f"RELEASE SAVEPOINT {SAVEPOINT}", f"ROLLBACK TO SAVEPOINT {SAVEPOINT}", fn
+        )
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self.dialect == "sqlite":
             # An embedded WAL transaction takes tens of microseconds: a thread hop would cost more.
-            return self._run(fn)
-        return await asyncio.to_thread(self._run, fn)
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        if _in_batch.get() is self:
+            return await self._call(self._run_savepoint, fn)
+        async with self._busy:
+            return await self._call(self._run, fn)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """One transaction around a consumer batch (module docstring)."""
+        async with self._busy:
+            await self._call(self._statement, self._begin)
+            token = _in_batch.set(self)
+            try:
+                yield
+                await self._call(self._statement, "COMMIT")
+            except BaseException:
+                await self._call(self._rollback_if_open)
+                raise
+            finally:
+                _in_batch.reset(token)
+
+    def _statement(self, sql: str) -> None:
+        self._connection().execute(sql)
+
+    def _rollback_if_open(self) -> None:
+        conn = self._connection()
+        open_tx = conn.in_transaction if self.dialect == "sqlite" else conn.info.transaction_status != 0
+        if open_tx:
+            conn.execute("ROLLBACK")
 
     async def ping(self) -> bool:
         try:
@@ -112,5 +163,6 @@ class Database:
 
     async def close(self) -> None:
         if self._conn is not None:
-            conn, self._conn = self._conn, None
+            async with self._busy:
+                conn, self._conn = self._conn, None
             await asyncio.to_thread(conn.close)
