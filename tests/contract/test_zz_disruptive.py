@@ -6,11 +6,14 @@ Named to run last for each broker: they disturb the shared system.
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
+from typing import Any
 
 import pytest
 
 from tests.support.raw import RawClient
-from tests.support.system import System, brokers_script, eventually, metric_value, uid
+from tests.support.system import ServiceProcess, System, brokers_script, eventually, metric_value, uid
 
 pytestmark = pytest.mark.contract
 
@@ -56,3 +59,81 @@ async def test_broker_outage_makes_ready_503_and_orders_survive_it(system: Syste
     assert await system.stock(product) == 8
     events = [m for m in await raw.tapped(tap) if m.order_id() == order_id]
     assert len(events) == 1
+
+
+CRASH_BACKLOG = 1500
+HANDLED_BEFORE_CRASH = 100
+
+
+async def test_crash_mid_batch_processes_every_message_exactly_once(system: System, raw: RawClient) -> None:
+    """SIGKILL the inventory service while it works through a backlog in batches: after a restart
+    every order is decided exactly once (stock, one outcome event id per order), although the
+    messages of the interrupted batch were handled again."""
+    product = uid("P")
+    await system.set_stock(product, CRASH_BACKLOG * 2)
+    inventory = system.services["inventory"]
+    orders = [uid("crash") for _ in range(CRASH_BACKLOG)]
+    outcomes = await raw.tap(system.channel("inventory-events"))
+    system.stop("inventory")
+    try:
+        await publish_orders(raw, system.channel("order-events"), orders, product)
+        needle = f"handled channel={system.channel('order-events')} "
+        inventory.start()
+        await eventually(
+            lambda: asyncio.sleep(0, len(inventory.log_lines(needle))),
+            lambda handled: handled >= HANDLED_BEFORE_CRASH,
+            interval=0.005,
+            what=f"inventory handling {HANDLED_BEFORE_CRASH} messages of the backlog",
+        )
+        inventory.kill()
+    finally:
+        await system.start("inventory")
+
+    await eventually(lambda: system.stock(product), lambda s: s == CRASH_BACKLOG, timeout=120, what="all reserved")
+    assert handled_twice(inventory, orders), "the crash interrupted no batch: nothing was redelivered"
+    event_ids = await eventually(
+        lambda: outcome_ids(raw, outcomes, set(orders)),
+        lambda ids: len(ids) == len(orders),
+        timeout=60,
+        what="an outcome event for every order",
+    )
+    assert [o for o, ids in event_ids.items() if len(ids) != 1] == []
+    assert await system.stock(product) == CRASH_BACKLOG
+
+
+async def outcome_ids(raw: RawClient, tap: Any, orders: set[str]) -> OutcomeIds:
+    """Event ids of the inventory outcomes of `orders` (a re-published event keeps its id)."""
+    ids = OutcomeIds()
+    for message in await raw.tapped(tap):
+        event = message.json()
+        if event.get("orderId") in orders:
+            assert event["eventType"] == "InventoryReserved", event
+            ids.setdefault(event["orderId"], set()).add(event["eventId"])
+    return ids
+
+
+class OutcomeIds(dict[str, set[str]]):
+    """Order id → outcome event ids, with a short repr for timeout messages."""
+
+    def __repr__(self) -> str:
+        return f"<outcomes of {len(self)} orders>"
+
+
+async def publish_orders(raw: RawClient, channel: str, orders: list[str], product: str) -> None:
+    for start in range(0, len(orders), 100):
+        chunk = orders[start : start + 100]
+        await asyncio.gather(
+            *(
+                raw.publish(channel, json.dumps({"orderId": o, "productId": product, "quantity": 1}).encode(), o)
+                for o in chunk
+            )
+        )
+
+
+def handled_twice(inventory: ServiceProcess, orders: list[str]) -> bool:
+    """Some order was handled in a batch the crash interrupted, and again after the restart."""
+    wanted = set(orders)
+    handled = Counter(
+        line.split("orderId=", 1)[1].split(" ", 1)[0] for _, line in inventory.log_lines("handled channel=")
+    )
+    return any(n > 1 for order, n in handled.items() if order in wanted)

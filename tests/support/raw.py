@@ -192,9 +192,10 @@ class NatsRaw(RawClient):
         stream = await js.find_stream_name_by_subject(subject)
         info = await js.stream_info(stream)
         last = info.state.last_seq
-        config: dict[str, Any] = {"deliver_policy": "all"}
+        # no acks: an explicit-ack reader would stall at the server's max_ack_pending (1,000)
+        config: dict[str, Any] = {"deliver_policy": "all", "ack_policy": "none"}
         if start_seq is not None:
-            config = {"deliver_policy": "by_start_sequence", "opt_start_seq": start_seq}
+            config = {**config, "deliver_policy": "by_start_sequence", "opt_start_seq": start_seq}
         from nats.js.api import ConsumerConfig
 
         sub = await js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(**config))

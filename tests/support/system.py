@@ -40,7 +40,12 @@ def uid(prefix: str = "") -> str:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], *, timeout: float = 30.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.1,
 ) -> T:
     """Poll `probe` until `until(result)` holds; fail with the last result after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -54,7 +59,7 @@ async def eventually(
             last = exc
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(interval)
 
 
 def free_port(ports: range) -> int:
@@ -112,6 +117,13 @@ class ServiceProcess:
     def stop(self) -> None:
         if self.proc is not None:
             terminate(self.proc)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful stop, nothing flushed or acknowledged on the way out."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
         self.proc = None
 
     def log_lines(self, needle: str) -> list[tuple[datetime, str]]:
