@@ -99,6 +99,7 @@ class Observability:
     registry: CollectorRegistry
     app_name: str
     tracer_provider: TracerProvider | None = None
+    """Records and exports spans (FastStream's and ours); None: only the W3C context travels."""
 
 
 @dataclass(frozen=True)
@@ -254,14 +255,15 @@ class Transport(ABC):
         """The FastStream broker, with `broker_options` and the broker's own durability settings."""
 
     def broker_options(self, prometheus_middleware: type, telemetry_middleware: type) -> dict[str, Any]:
-        """What every broker gets: FastStream's Prometheus and OpenTelemetry middlewares, a graceful
-        stop, and per-message Received/Processed lines at DEBUG (ours is `switchboard.events`)."""
+        """What every broker gets: FastStream's Prometheus middleware (and its OpenTelemetry one
+        when spans are recorded), a graceful stop, and per-message Received/Processed lines at
+        DEBUG (ours is `switchboard.events`)."""
         obs = self.observability
+        middlewares = [prometheus_middleware(registry=obs.registry, app_name=obs.app_name)]
+        if obs.tracer_provider is not None:
+            middlewares.append(telemetry_middleware(tracer_provider=obs.tracer_provider))
         return {
-            "middlewares": [
-                prometheus_middleware(registry=obs.registry, app_name=obs.app_name),
-                telemetry_middleware(tracer_provider=obs.tracer_provider),
-            ],
+            "middlewares": middlewares,
             "graceful_timeout": 10.0,
             "log_level": logging.DEBUG,
         }
@@ -361,7 +363,7 @@ class Transport(ABC):
 
     @cached_property
     def _tracer(self) -> trace.Tracer:
-        provider = self.observability.tracer_provider or trace.get_tracer_provider()
+        provider = self.observability.tracer_provider or trace.NoOpTracerProvider()
         return provider.get_tracer("switchboard.delivery")
 
     async def _run_batch(self, sub: Subscription, batch: list[Delivery]) -> None:

@@ -16,6 +16,8 @@ Native mapping of the shared policy:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -24,8 +26,10 @@ from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from brokers.base import (
     BATCH_MAX,
@@ -54,6 +58,9 @@ log = logging.getLogger("switchboard.nats")
 
 ACK_WAIT_S = 30.0
 PULL_BATCH = 32
+IDLE_FETCH_S = 5.0
+FILL_FETCH_S = 0.005
+RECONNECT_WAIT_S = 0.5
 REPLAY_DURABLE = "switchboard-dlt-replay"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -91,26 +98,27 @@ class NatsTransport(Transport):
         return self._broker.config.connection_state.stream
 
     def _stream(self, subject: str) -> JStream:
-        factory = dlt_stream_of if subject.endswith(".DLT") else stream_of
-        base = subject.removesuffix(".DLT")
-        return self._streams.setdefault(subject, factory(base))
+        if subject not in self._streams:
+            factory = dlt_stream_of if subject.endswith(".DLT") else stream_of
+            self._streams[subject] = factory(subject.removesuffix(".DLT"))
+        return self._streams[subject]
 
     def _register(self, sub: Subscription) -> None:
         router = NatsRouter(middlewares=[self.policy_middleware(sub)])
-        router.subscriber(
+        subscriber = router.subscriber(
             sub.channel,
             stream=self._stream(sub.channel),
             durable=sub.consumer,
-            # not FastStream's batch mode, which waits for a full batch or the timeout: a fetch
-            # returns what is there at once, and the batcher groups what arrives meanwhile
-            pull_sub=PullSub(batch_size=BATCH_MAX, timeout=5.0),
+            pull_sub=PullSub(batch_size=BATCH_MAX, timeout=IDLE_FETCH_S, batch=True),
             config=ConsumerConfig(max_deliver=self.policy.max_attempts + 1, ack_wait=ACK_WAIT_S),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.MANUAL,
             decoder=decode_untouched,
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
-        )(handler_endpoint(sub))
+        )
+        subscriber(handler_endpoint(sub))
+        subscriber.__class__ = _PromptBatchSubscriber
         self._broker.include_router(router)
         self._declare(
             sub.dead_letter_channel,
@@ -182,10 +190,10 @@ class NatsTransport(Transport):
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
-        return [Delivery(msg.body, msg.headers, _delivery_count(msg.raw_message), msg)]
+        return [Delivery(m.data, dict(m.headers or {}), _delivery_count(m), m) for m in msg.raw_message]
 
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:  # noqa: ARG002
-        await delivery.native.nack(delay=delay_ms / 1000)
+        await delivery.native.nak(delay=delay_ms / 1000)
         delivery.settled = True
 
     async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
@@ -197,7 +205,7 @@ class NatsTransport(Transport):
         for delivery in done:
             await delivery.native.ack()
         for delivery in redeliver:
-            await delivery.native.nack()
+            await delivery.native.nak()
 
     async def _publish_dead_letter(self, sub: Subscription, body: bytes, headers: dict[str, Any]) -> None:
         dlt = sub.dead_letter_channel
@@ -253,6 +261,30 @@ class NatsTransport(Transport):
             letters.append(letter)
         await psub.unsubscribe()
         return letters
+
+
+class _PromptBatchSubscriber(BatchPullStreamSubscriber):
+    """FastStream's batch pull subscriber, but a batch is what the stream holds *now*: wait
+    (one long pull) for the first message, then take what is already there (up to BATCH_MAX,
+    waiting at most FILL_FETCH_S). FastStream's own loop waits for a full batch or its timeout,
+    which would hold a lone message for seconds."""
+
+    __slots__ = ()
+
+    async def _consume_pull(self) -> None:
+        assert self.subscription, "subscription not created"
+        while self.running:
+            try:
+                messages = await self.subscription.fetch(batch=1, timeout=IDLE_FETCH_S)
+            except TimeoutError:  # nats-py raises its own subclass or the builtin one
+                continue
+            except (ConnectionClosedError, ServiceUnavailableError):
+                await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
+                continue
+            with contextlib.suppress(TimeoutError, ConnectionClosedError, ServiceUnavailableError):
+                messages += await self.subscription.fetch(batch=BATCH_MAX - 1, timeout=FILL_FETCH_S)
+            if self.running:
+                await self.consume(messages)
 
 
 def _delivery_count(msg: Any) -> int:

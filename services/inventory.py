@@ -126,7 +126,7 @@ async def reserve_stock(event: OrderCreated) -> None:
         log.info("order %s already decided; duplicate delivery ignored", event.order_id)
         return
     count_reservations(result=status)
-    log.info("order %s %s (event %s)", event.order_id, status, event.event_id)
+    log.debug("order %s %s (event %s)", event.order_id, status, event.event_id)
     service.outbox.notify()
 
 

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import Receive, Scope, Send
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
@@ -36,7 +36,7 @@ from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
 from services.outbox import Outbox
 from services.store import Database
-from services.tracing import configure_logging, trace_headers, tracer_provider
+from services.tracing import configure_logging, new_trace_context, trace_headers, tracer_provider
 
 MAX_BODY_BYTES = 64 * 1024
 UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -226,7 +226,8 @@ class Service:
     # --- common HTTP ---------------------------------------------------------------
     def _add_common_routes(self) -> None:
         api = self.api
-        tracer = self.tracer_provider.get_tracer("switchboard.http")
+        recording = self.tracer_provider is not None
+        tracer = (self.tracer_provider or trace.NoOpTracerProvider()).get_tracer("switchboard.http")
 
         @api.middleware("http")
         async def _trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -234,6 +235,8 @@ class Service:
             if request.url.path in UNTRACED_PATHS:
                 return await call_next(request)
             parent = propagate.extract(dict(request.headers))
+            if not recording and not trace.get_current_span(parent).get_span_context().is_valid:
+                parent = new_trace_context()
             name = f"{request.method} {request.url.path}"
             with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
                 response = await call_next(request)

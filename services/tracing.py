@@ -1,16 +1,18 @@
 """Tracing and log correlation.
 
-Contract: every HTTP request and every handled message runs inside an OpenTelemetry
-span. The W3C `traceparent` of `POST /orders` (the caller's, or a new one) is stored
+Contract: every HTTP request and every handled message runs inside a W3C trace
+context. The `traceparent` of `POST /orders` (the caller's, or a new one) is stored
 with the outbox event, published in the message headers, and continued by the
-consumer's span (FastStream's telemetry middleware), its retries and its dead letter.
-Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-Every log line carries `trace=<trace id>` (or `-` outside a span).
+consumer's handling, its retries and its dead letter. Spans are recorded and exported
+over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (then also FastStream's
+publish/consume spans); without it only the context travels, which costs next to
+nothing per message. Every log line carries `trace=<trace id>` (or `-` outside one).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -23,14 +25,28 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [trace=%(trace_id)s] %(message)
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-def tracer_provider(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def tracer_provider(service_name: str, otlp_endpoint: str | None) -> TracerProvider | None:
+    """The SDK provider exporting to `otlp_endpoint`, or None: propagate context only."""
+    if not otlp_endpoint:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
+
+
+def new_trace_context() -> context.Context:
+    """A context holding a fresh, sampled trace (for requests without `traceparent` when no
+    spans are recorded, so their events still carry a trace id)."""
+    span_context = trace.SpanContext(
+        trace_id=random.getrandbits(128) or 1,
+        span_id=random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
 
 
 def current_trace_id() -> str:
