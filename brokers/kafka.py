@@ -3,8 +3,10 @@
 Native mapping of the shared policy:
 
 * channel → topic of that name; the record key is the orderId (one order's events
-  stay in one partition, in order). Producer `acks=all` + idempotence; consumers
-  commit only after the message was handled, retried or dead-lettered.
+  stay in one partition, in order). Producer `acks=all` + idempotence. Consumers take
+  a `getmany` batch (FastStream batch subscriber) and commit explicit offsets only up to
+  records that were handled (and their store transaction committed), retried or
+  dead-lettered; a batch that fails as a whole is rewound (`seek`) and read again.
 * retry → the record is copied to this consumer group's retry tier topic
   `<channel>.<consumer>.retry-<delay>ms` with `x-attempts` and `x-retry-due-at`
   headers, and the source offset is committed. The tier's subscriber (a group of
@@ -38,6 +40,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from brokers.base import (
     ATTEMPTS_HEADER,
     BATCH_MAX,
+    EVENT_ID_HEADER,
     DeadLetter,
     DeadLetterHandler,
     Delivery,
@@ -142,7 +145,9 @@ class KafkaTransport(Transport):
             )
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
-        await self._broker.publish(body, channel, key=key.encode(), headers=headers)
+        await self._broker.publish(
+            body, channel, key=key.encode(), headers=headers, correlation_id=headers.get(EVENT_ID_HEADER)
+        )
 
     def _group(self, consumer: str) -> str:
         """The consumer's group id: its contract name, namespaced when channels are."""

@@ -8,7 +8,9 @@ Native mapping of the shared policy:
   server drop duplicates that a retrying publisher sends within its window.
 * each consumer is a durable pull consumer named after it, with explicit acks and
   `max_deliver` = attempts + 1 (the spare delivery lets a process that crashed on
-  the last attempt still dead-letter the message).
+  the last attempt still dead-letter the message). A batch is what the stream holds
+  when the consumer asks (`_PromptBatchSubscriber`); each message is acked after the
+  batch's store transaction committed, a batch that fails as a whole is nak'ed.
 * retry → `nak(delay)`: the server redelivers after the delay; the attempt number
   is the server's own delivery count. Nothing waits in the client.
 * dead letter → publish to `<channel>.DLT` with the envelope, then ack the source.
@@ -186,7 +188,13 @@ class NatsTransport(Transport):
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:  # noqa: ARG002
         if EVENT_ID_HEADER in headers:
             headers = {**headers, MSG_ID_HEADER: headers[EVENT_ID_HEADER]}
-        await self._broker.publish(body, channel, headers=headers, stream=self._stream(channel).name)
+        await self._broker.publish(
+            body,
+            channel,
+            headers=headers,
+            stream=self._stream(channel).name,
+            correlation_id=headers.get(EVENT_ID_HEADER),
+        )
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002

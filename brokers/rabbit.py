@@ -5,8 +5,10 @@ Native mapping of the shared policy:
 * channel → durable fanout exchange of that name; each consumer owns the durable
   quorum queue `<channel>.<consumer>` bound to it (so whatever routing key a foreign
   publisher uses, and whatever binding key a foreign consumer uses, every message reaches
-  it). Messages are persistent and published with publisher confirms; a message is
-  acked only after its handler returned or it was handed on.
+  it). Messages are persistent and published with publisher confirms. Up to BATCH_MAX
+  unacked messages are delivered at once (prefetch); those that arrive while a batch runs
+  form the next batch. A message is acked only after its batch's store transaction
+  committed or it was handed on; a batch that fails as a whole is nacked with requeue.
 * retry → the message is re-published, with our own `x-attempts` header, to the
   consumer's delay queue `<queue>.retry-<delay>ms`, whose `x-message-ttl` expires it
   into the default exchange with the consumer queue as dead-letter routing key: it
@@ -39,6 +41,7 @@ from faststream.rabbit.schemas import Channel
 from brokers.base import (
     ATTEMPTS_HEADER,
     BATCH_MAX,
+    EVENT_ID_HEADER,
     EVENT_TYPE_HEADER,
     DeadLetter,
     DeadLetterHandler,
@@ -207,6 +210,7 @@ class RabbitTransport(Transport):
             routing_key=routing_key,
             persist=True,
             headers={**headers, "order-id": key},
+            correlation_id=headers.get(EVENT_ID_HEADER),
         )
 
     # --- native failure moves ----------------------------------------------------
