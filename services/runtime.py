@@ -40,6 +40,7 @@ from services.tracing import configure_logging, new_trace_context, trace_headers
 
 MAX_BODY_BYTES = 64 * 1024
 UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+TRACE_KEYS = frozenset({b"traceparent", b"tracestate"})
 READY_TIMEOUT_S = 2.0
 LAG_TIMEOUT_S = 3.0
 
@@ -110,6 +111,38 @@ class BodyLimit:
                 await _too_large(send, self.limit)
 
 
+class TraceContext:
+    """ASGI middleware: each API request (not /health, /ready, /metrics) runs in a server span
+    continuing the caller's `traceparent`, or in a new trace; the response carries it back.
+    (Plain ASGI: FastAPI's `@middleware("http")` costs a task and a streamed response per request.)"""
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], provider: trace.TracerProvider | None
+    ) -> None:
+        self.app = app
+        self.recording = provider is not None
+        self.tracer = (provider or trace.NoOpTracerProvider()).get_tracer("switchboard.http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or () if k in TRACE_KEYS}
+        parent = propagate.extract(carrier)
+        if not self.recording and not trace.get_current_span(parent).get_span_context().is_valid:
+            parent = new_trace_context()
+        name = f"{scope['method']} {scope['path']}"
+        with self.tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in trace_headers().items()]
+
+            async def send_with_trace(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                await send(message)
+
+            await self.app(scope, receive, send_with_trace)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -157,8 +190,10 @@ class Service:
         self._add_common_routes()
         self.app = ServiceApp(
             self.transport.broker,
-            http=BodyLimit(self.api, MAX_BODY_BYTES),
-            defaults={"port": self.settings.port_for(name), "host": self.settings.http_host},
+            http=BodyLimit(TraceContext(self.api, self.tracer_provider), MAX_BODY_BYTES),
+            # no uvicorn access log: each service logs what it did with a request, with its trace id
+            # (a string: FastStream parses run options as CLI text)
+            defaults={"port": self.settings.port_for(name), "host": self.settings.http_host, "access_log": "false"},
             asyncapi_path=asyncapi_route("/docs/asyncapi"),
             on_startup=[self._on_startup],
             after_startup=[self._after_startup],
@@ -226,22 +261,6 @@ class Service:
     # --- common HTTP ---------------------------------------------------------------
     def _add_common_routes(self) -> None:
         api = self.api
-        recording = self.tracer_provider is not None
-        tracer = (self.tracer_provider or trace.NoOpTracerProvider()).get_tracer("switchboard.http")
-
-        @api.middleware("http")
-        async def _trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            """Each API request runs in a server span continuing the caller's `traceparent`."""
-            if request.url.path in UNTRACED_PATHS:
-                return await call_next(request)
-            parent = propagate.extract(dict(request.headers))
-            if not recording and not trace.get_current_span(parent).get_span_context().is_valid:
-                parent = new_trace_context()
-            name = f"{request.method} {request.url.path}"
-            with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER):
-                response = await call_next(request)
-                response.headers.update(trace_headers())
-                return response
 
         @api.exception_handler(RequestValidationError)
         async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

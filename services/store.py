@@ -2,7 +2,9 @@
 
 Contract: `Database.transaction(fn)` runs `fn(tx)` in one database transaction,
 one transaction at a time per process, and commits only if `fn` returns (SQLite
-runs on the event loop's thread, PostgreSQL in a worker thread). Inside
+runs on the event loop's thread, PostgreSQL in a worker thread). On SQLite, calls
+made in the same event-loop turn share one COMMIT (group commit, each `fn` in its own
+savepoint): each still commits or fails on its own, and returns only once durable. Inside
 `async with db.batch():` (a consumer batch) every `transaction(fn)` of the same task
 is a savepoint of one outer transaction instead: `fn`'s changes vanish alone if it
 raises, and all the others are committed together when the block exits (or all rolled
@@ -69,6 +71,8 @@ class Database:
         self.dialect = "postgresql" if parsed.scheme.startswith("postgres") else "sqlite"
         self._conn: Any = None
         self._busy = asyncio.Lock()
+        self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
         self._begin = "BEGIN" if self.dialect == "postgresql" else "BEGIN IMMEDIATE"
         self._placeholder = "%s" if self.dialect == "postgresql" else "?"
 
@@ -128,8 +132,41 @@ class Database:
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         if _in_batch.get() is self:
             return await self._call(self._run_savepoint, fn)
+        if self.dialect == "sqlite":
+            return await self._group_commit(fn)
         async with self._busy:
             return await self._call(self._run, fn)
+
+    async def _group_commit(self, fn: Callable[[Tx], T]) -> T:
+        """Transactions asked for in the same event-loop turn (concurrent HTTP requests) run as
+        savepoints of one transaction and share its COMMIT; each still fails alone."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((fn, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await done
+
+    async def _commit_queued(self) -> None:
+        await asyncio.sleep(0)  # let the requests of this loop turn queue up
+        while self._queued:
+            group, self._queued = self._queued, []
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                async with self.batch():
+                    for fn, _ in group:
+                        try:
+                            outcomes.append((True, self._run_savepoint(fn)))
+                        except Exception as exc:  # noqa: BLE001 - handed to its caller
+                            outcomes.append((False, exc))
+            except Exception as exc:  # noqa: BLE001 - the shared COMMIT failed: every caller sees it
+                outcomes = [(False, exc)] * len(group)
+            for (_, done), (ok, value) in zip(group, outcomes, strict=True):
+                if done.done():
+                    continue
+                if ok:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
