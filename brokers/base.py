@@ -17,7 +17,8 @@ Contract of a `Transport` (proven for each broker by `tests/contract/`):
   subscription's `batch_scope` (one store transaction for the batch, a savepoint per
   message); a message that fails is retried or dead-lettered alone. Only after the
   scope committed and every failed message was handed to the retry or dead-letter
-  path are the batch's messages acknowledged (one offset commit per partition on Kafka).
+  path are the batch's messages acknowledged (one offset commit per partition on Kafka);
+  that happens in the background, in batch order, while the next batch is handled.
   If the scope fails, nothing of the batch is acknowledged and it is redelivered.
 * **Failure policy** (one `RetryPolicy`, carried out natively by each broker): a
   handler that raises is redelivered until `max_attempts` deliveries, waiting
@@ -32,6 +33,7 @@ Contract of a `Transport` (proven for each broker by `tests/contract/`):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -78,6 +80,7 @@ MAX_EXCEPTION_MESSAGE = 1000
 LAG_REFRESH_S = 1.0
 BATCH_MAX = 256
 """Most messages handled in one batch (one store transaction, one acknowledgement round)."""
+MAX_UNSETTLED_BATCHES = 4
 
 
 class NonRetryableError(Exception):
@@ -351,7 +354,8 @@ class Transport(ABC):
         message (one or a batch) into deliveries and runs them in batches; FastStream's own
         handler call is never reached (the endpoint only documents the payload)."""
         transport = self
-        batcher = _Batcher(lambda batch: transport._run_batch(sub, batch))
+        settler = _SettleQueue()
+        batcher = _Batcher(lambda batch: transport._run_batch(sub, batch, settler))
 
         class DeliveryPolicy(BaseMiddleware):
             async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:  # noqa: ARG002
@@ -366,7 +370,7 @@ class Transport(ABC):
         provider = self.observability.tracer_provider or trace.NoOpTracerProvider()
         return provider.get_tracer("switchboard.delivery")
 
-    async def _run_batch(self, sub: Subscription, batch: list[Delivery]) -> None:
+    async def _run_batch(self, sub: Subscription, batch: list[Delivery], settler: _SettleQueue) -> None:
         failed: list[tuple[Delivery, Exception]] = []
         try:
             async with sub.batch_scope():
@@ -381,8 +385,12 @@ class Transport(ABC):
                 sub.channel,
                 sub.consumer,
             )
-            await self._settle(sub, [], [d for d in batch if not d.settled])
+            await settler.add(lambda: self._settle(sub, [], [d for d in batch if not d.settled]))
             return
+        await settler.add(lambda: self._finish(sub, batch, failed))
+
+    async def _finish(self, sub: Subscription, batch: list[Delivery], failed: list[tuple[Delivery, Exception]]) -> None:
+        """Hand each failed message to retry/DLT, then settle the batch (its effects are committed)."""
         outcomes = await asyncio.gather(*(self._on_failure(sub, d, exc) for d, exc in failed), return_exceptions=True)
         lost = [d for (d, _), outcome in zip(failed, outcomes, strict=True) if isinstance(outcome, BaseException)]
         for outcome in outcomes:
@@ -506,6 +514,34 @@ class _Batcher:
                 for _, done in taken:
                     if not done.done():
                         done.set_result(None)
+
+
+class _SettleQueue:
+    """Finishes one subscription's batches in order, in the background: a batch's failed
+    messages go to retry/DLT (broker round trips) and its messages are acknowledged while the
+    next batch is already handled. Order matters: Kafka commits offsets, and a later batch's
+    commit must not pass an earlier batch's record that is still being handed on. At most
+    MAX_UNSETTLED_BATCHES wait; beyond that the consumer waits for the oldest."""
+
+    def __init__(self) -> None:
+        self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
+
+    async def add(self, finish: Callable[[], Awaitable[None]]) -> None:
+        previous = self._tasks[-1] if self._tasks else None
+        self._tasks.append(asyncio.create_task(self._after(previous, finish)))
+        while self._tasks and self._tasks[0].done():
+            self._tasks.popleft()
+        while len(self._tasks) > MAX_UNSETTLED_BATCHES:
+            await self._tasks.popleft()
+
+    @staticmethod
+    async def _after(previous: asyncio.Task[None] | None, finish: Callable[[], Awaitable[None]]) -> None:
+        if previous is not None:
+            await previous
+        try:
+            await finish()
+        except Exception:  # unsettled messages come again (redelivery); handlers are idempotent
+            log.exception("settling a batch failed; its messages will be redelivered")
 
 
 @contextlib.contextmanager

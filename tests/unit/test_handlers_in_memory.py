@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ from faststream.kafka import TestKafkaBroker
 
 from services import inventory
 from services.events import OrderCreated
+from tests.support.system import eventually
 
 service = inventory.service
 
@@ -85,5 +87,7 @@ async def test_poison_goes_to_the_dead_letter_channel_with_the_envelope(broker: 
 
     await broker.publish(b"\xffnot json", "order-events", key=b"bad")
 
+    # failed messages are handed to the DLT in the background, after the batch's commit
+    await eventually(lambda: asyncio.sleep(0, dlt.mock.call_count), lambda calls: calls > 0, timeout=5)
     dlt.mock.assert_called_once()
     assert dlt.mock.call_args.args[0] == b"\xffnot json"
