@@ -30,7 +30,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
@@ -81,6 +81,7 @@ class KafkaTransport(Transport):
         super().__init__(*args, **kwargs)
         self._publishers: dict[str, DefaultPublisher] = {}
         self._committers: dict[int, _Committer] = {}
+        self._gates: dict[str, _CommitGate] = {}
         self._offsets_client: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
@@ -106,6 +107,7 @@ class KafkaTransport(Transport):
         router.subscriber(
             sub.channel,
             group_id=self._group(sub.consumer),
+            listener=self._gate(sub.channel),
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
             **common,
@@ -113,7 +115,9 @@ class KafkaTransport(Transport):
         for delay_ms in self.policy.retry_delays_ms():
             # each retry tier is its own group: its consumer joins without rebalancing the main group
             tier = retry_topic(sub, delay_ms)
-            router.subscriber(tier, group_id=tier, include_in_schema=False, **common)(endpoint)
+            router.subscriber(tier, group_id=tier, listener=self._gate(tier), include_in_schema=False, **common)(
+                endpoint
+            )
         self._broker.include_router(router)
         self._dlt_publisher(sub.dead_letter_channel, sub)
 
@@ -208,12 +212,15 @@ class KafkaTransport(Transport):
         for (consumer, tp), offset in rewind.items():
             consumer.seek(tp, offset)
         for (consumer, tp), next_offset in commit.items():
-            self._committer(consumer).mark(tp, min(next_offset, rewind.get((consumer, tp), next_offset)))
+            self._committer(consumer, tp.topic).mark(tp, min(next_offset, rewind.get((consumer, tp), next_offset)))
 
-    def _committer(self, consumer: AIOKafkaConsumer) -> _Committer:
+    def _gate(self, topic: str) -> _CommitGate:
+        return self._gates.setdefault(topic, _CommitGate())
+
+    def _committer(self, consumer: AIOKafkaConsumer, topic: str) -> _Committer:
         committer = self._committers.get(id(consumer))
         if committer is None or committer.consumer is not consumer:
-            committer = self._committers[id(consumer)] = _Committer(consumer)
+            committer = self._committers[id(consumer)] = _Committer(consumer, self._gate(topic))
         return committer
 
     # --- lag -----------------------------------------------------------------------
@@ -298,21 +305,54 @@ class KafkaTransport(Transport):
         return letters
 
 
+class _CommitGate(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps one subscriber's explicit commits out of its group's rebalances. aiokafka answers a
+    commit that meets a new generation by dropping the member id and joining anew, and the
+    group then waits a whole session timeout for the vanished member (measured: 10 s without
+    consuming whenever a second subscriber of a service joined its group). Offsets settled
+    before the revocation are committed in it, with the generation still valid; offsets
+    settled meanwhile wait for the new assignment."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.committers: list[_Committer] = []
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:  # noqa: ARG002
+        for committer in self.committers:
+            await committer.flush()
+        self.open = False
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.open = True
+        for committer in self.committers:
+            committer.keep_only(set(assigned))
+            committer.kick()
+
+
 class _Committer:
     """Coalesces offset commits of one consumer (see KafkaTransport._settle)."""
 
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, gate: _CommitGate) -> None:
         self.consumer = consumer
+        self.gate = gate
+        gate.committers.append(self)
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def mark(self, tp: TopicPartition, next_offset: int) -> None:
         self._pending[tp] = max(next_offset, self._pending.get(tp, 0))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush())
+        self.kick()
 
-    async def _flush(self) -> None:
-        while self._pending:
+    def kick(self) -> None:
+        if self.gate.open and self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self.flush())
+
+    def keep_only(self, assigned: set[TopicPartition]) -> None:
+        """Forget offsets of partitions another member owns now (it reads them again)."""
+        self._pending = {tp: offset for tp, offset in self._pending.items() if tp in assigned}
+
+    async def flush(self) -> None:
+        while self._pending and self.gate.open:
             batch, self._pending = self._pending, {}
             try:
                 await self.consumer.commit(batch)
