@@ -67,6 +67,10 @@ DUE_HEADER = "x-retry-due-at"
 H_PARTITION = "x-original-partition"
 H_OFFSET = "x-original-offset"
 REPLAY_GROUP = "switchboard-dlt-replay"
+RETRY_WINDOW_S = 0.05
+"""A paused retry tier sleeps at least this long, so records falling due together are fetched
+and handled in one batch (each resume re-fetches from the rewound offset); retries may run
+up to this much later than due."""
 INTERNAL_HEADERS = ("content-type", "correlation_id", DUE_HEADER)
 
 
@@ -174,7 +178,7 @@ class KafkaTransport(Transport):
                 waiting.add(tp)
                 consumer.pause(tp)
                 consumer.seek(tp, record.offset)
-                asyncio.get_running_loop().call_later(wait, _resume, consumer, tp)
+                asyncio.get_running_loop().call_later(max(wait, RETRY_WINDOW_S), _resume, consumer, tp)
                 continue
             deliveries.append(Delivery(record.value or b"", headers, attempt_header(headers), (consumer, record)))
         return deliveries
