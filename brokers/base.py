@@ -251,6 +251,8 @@ class Transport(ABC):
         self.subscriptions: list[Subscription] = []
         self.lag_watch: dict[tuple[str, str], None] = {}
         self._lag_refreshed_at = float("-inf")
+        self._pipelines: list[tuple[_Batcher, _SettleQueue]] = []
+        self._draining = False
         self._broker = self._build_broker()
 
     @abstractmethod
@@ -356,14 +358,29 @@ class Transport(ABC):
         transport = self
         settler = _SettleQueue()
         batcher = _Batcher(lambda batch: transport._run_batch(sub, batch, settler))
+        self._pipelines.append((batcher, settler))
 
         class DeliveryPolicy(BaseMiddleware):
             async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:  # noqa: ARG002
+                if transport._draining:
+                    await transport._give_back(msg)
+                    return
                 deliveries = await transport._deliveries(sub, msg)
                 if deliveries:
                     await batcher.submit(deliveries)
 
         return DeliveryPolicy
+
+    async def drain(self) -> None:
+        """Stop reading (FastStream's `running` flag; anything still delivered stays unacknowledged
+        and comes again), then wait until the running batches are handled and acknowledged.
+        Call before the broker stops: acknowledging needs the connection."""
+        self._draining = True
+        for subscriber in self._broker.subscribers:
+            subscriber.running = False
+        for batcher, settler in self._pipelines:
+            await batcher.idle()
+            await settler.idle()
 
     @cached_property
     def _tracer(self) -> trace.Tracer:
@@ -460,6 +477,11 @@ class Transport(ABC):
         """The deliveries in FastStream's message (one, or a batch), in channel order. Brokers
         without native delay put not-yet-due retries back here and leave them out."""
 
+    async def _give_back(self, msg: StreamMessage[Any]) -> None:  # noqa: B027 - optional hook
+        """A message that arrived while draining: by default it stays unacknowledged and the broker
+        delivers it again once this consumer is gone (Kafka: uncommitted; RabbitMQ: requeued
+        when the channel closes). Brokers that would wait a timeout for that release it."""
+
     @abstractmethod
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
         """Arrange delivery `attempt` after `delay_ms` (durably, before returning)."""
@@ -489,6 +511,11 @@ class _Batcher:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         await done
+
+    async def idle(self) -> None:
+        """Return once no batch runs (new submissions may start another)."""
+        if self._worker is not None and not self._worker.done():
+            await asyncio.wait([self._worker])
 
     def _next_batch(self) -> list[tuple[list[Delivery], asyncio.Future[None]]]:
         taken, size = [], 0
@@ -533,6 +560,11 @@ class _SettleQueue:
             self._tasks.popleft()
         while len(self._tasks) > MAX_UNSETTLED_BATCHES:
             await self._tasks.popleft()
+
+    async def idle(self) -> None:
+        """Return once every batch added so far is settled."""
+        if self._tasks:
+            await asyncio.wait([self._tasks[-1]])
 
     @staticmethod
     async def _after(previous: asyncio.Task[None] | None, finish: Callable[[], Awaitable[None]]) -> None:

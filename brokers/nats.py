@@ -200,6 +200,14 @@ class NatsTransport(Transport):
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
         return [Delivery(m.data, dict(m.headers or {}), _delivery_count(m), m) for m in msg.raw_message]
 
+    async def drain(self) -> None:
+        await super().drain()
+        with contextlib.suppress(Exception):  # acks are buffered publishes: send them before the close
+            await self._broker.connection.flush()
+
+    async def _give_back(self, msg: StreamMessage[Any]) -> None:
+        await _release(msg.raw_message)
+
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:  # noqa: ARG002
         await delivery.native.nak(delay=delay_ms / 1000)
         delivery.settled = True
@@ -293,6 +301,15 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
                 messages += await self.subscription.fetch(batch=BATCH_MAX - 1, timeout=FILL_FETCH_S)
             if self.running:
                 await self.consume(messages)
+            else:  # draining: the next consumer gets them now, not after ack_wait
+                await _release(messages)
+
+
+async def _release(messages: list[Any]) -> None:
+    """nak without delay: redelivered at once, to whoever pulls next (it counts as a delivery)."""
+    for message in messages:
+        with contextlib.suppress(Exception):  # connection closing: ack_wait releases it instead
+            await message.nak()
 
 
 def _delivery_count(msg: Any) -> int:

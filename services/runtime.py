@@ -43,6 +43,7 @@ UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 TRACE_KEYS = frozenset({b"traceparent", b"tracestate"})
 READY_TIMEOUT_S = 2.0
 LAG_TIMEOUT_S = 3.0
+DRAIN_TIMEOUT_S = 10.0
 
 log = logging.getLogger("switchboard")
 
@@ -251,6 +252,10 @@ class Service:
         log.info("%s ready on %s (broker %s)", self.consumer, self.transport.url, self.transport.label)
 
     async def _on_shutdown(self) -> None:
+        try:  # settle what was handled while the connection is still open
+            await asyncio.wait_for(self.transport.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("messages still settling after %.0f s; the broker redelivers them", DRAIN_TIMEOUT_S)
         await self.outbox.stop()
         await self.transport.stop_extras()
 
