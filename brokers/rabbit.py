@@ -24,6 +24,7 @@ Native mapping of the shared policy:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +34,12 @@ from faststream import AckPolicy
 from faststream.prometheus import ConsumeAttrs
 from faststream.prometheus.middleware import PrometheusMiddleware
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
+from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.schemas import Channel
+from faststream.rabbit.subscriber.usecase import RabbitSubscriber
 
 from brokers.base import (
     ATTEMPTS_HEADER,
@@ -68,15 +71,70 @@ CRASH_LOOP_DELIVERY_LIMIT = 10
 PREFETCH = BATCH_MAX
 
 
+class _Batch(list[IncomingMessage]):
+    """The deliveries one FastStream call of a policy subscriber handles. It answers `exchange`,
+    `routing_key` and `delivery_tag` like its first message, for FastStream's metrics and
+    telemetry providers, which read those of `raw_message`."""
+
+    def __init__(self, messages: list[IncomingMessage]) -> None:
+        super().__init__(messages)
+        self.exchange = messages[0].exchange
+        self.routing_key = messages[0].routing_key
+        self.delivery_tag = messages[0].delivery_tag
+
+
+_pending: dict[int, tuple[list[IncomingMessage], list[asyncio.Task[None]]]] = {}
+
+
+class _BatchingSubscriber(RabbitSubscriber):
+    """FastStream's RabbitMQ subscriber, but deliveries that arrive together (up to the prefetch)
+    go through FastStream's per-message pipeline (parser, middlewares, metrics) as one call,
+    as Kafka's and NATS's batch subscribers do: FastStream has no RabbitMQ batch consumer."""
+
+    __slots__ = ()
+
+    async def consume(self, msg: Any) -> Any:
+        if isinstance(msg, _Batch):
+            return await super().consume(msg)
+        waiting, worker = _pending.setdefault(id(self), ([], []))
+        waiting.append(msg)
+        if not worker or worker[0].done():
+            worker[:] = [asyncio.create_task(self._consume_waiting(waiting))]
+        return None
+
+    async def _consume_waiting(self, waiting: list[IncomingMessage]) -> None:
+        await asyncio.sleep(0)  # deliveries of the same loop turn join
+        while waiting:
+            batch = _Batch(waiting[:BATCH_MAX])
+            del waiting[:BATCH_MAX]
+            await super().consume(batch)
+
+
+async def _parse_batch(batch: _Batch) -> RabbitMessage:
+    first = batch[0]
+    return RabbitMessage(
+        raw_message=batch,  # type: ignore[arg-type]
+        body=b"",
+        headers=first.headers or {},
+        content_type=first.content_type,
+        message_id=first.message_id or str(first.delivery_tag),
+        correlation_id=first.correlation_id or str(first.delivery_tag),
+    )
+
+
 class _ChannelLevelMetrics(RabbitMetricsSettingsProvider):
     """FastStream labels RabbitMQ metrics `<exchange>.<routing key>`; a producer that routes by
     orderId would make one series per order. Label by exchange (or, on the default exchange,
-    by the queue the routing key names): as bounded as on Kafka and NATS."""
+    by the queue the routing key names): as bounded as on Kafka and NATS. A `_Batch` counts
+    as its messages."""
 
     def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> ConsumeAttrs:
         attrs = super().get_consume_attrs_from_message(msg)
         raw = msg.raw_message
         attrs["destination_name"] = raw.exchange or f"default.{raw.routing_key}"
+        if isinstance(raw, _Batch):
+            attrs["messages_count"] = len(raw)
+            attrs["message_size"] = sum(len(m.body) for m in raw)
         return attrs
 
     def get_publish_destination_name_from_cmd(self, cmd: RabbitPublishCommand) -> str:
@@ -150,14 +208,17 @@ class RabbitTransport(Transport):
                 "x-dead-letter-exchange": dlt.name,
             },
         )
-        router.subscriber(
+        subscriber = router.subscriber(
             queue,
             exchange_of(sub.channel),
             ack_policy=AckPolicy.MANUAL,
+            parser=_parse_batch,
             decoder=decode_untouched,
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
-        )(handler_endpoint(sub))
+        )
+        subscriber(handler_endpoint(sub))
+        subscriber.__class__ = _BatchingSubscriber
         self._broker.include_router(router)
         for delay_ms in self.policy.retry_delays_ms():
             q = delay_queue(sub, delay_ms)
@@ -215,8 +276,7 @@ class RabbitTransport(Transport):
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
-        # one message per FastStream call; the batcher groups those that arrive meanwhile (prefetch)
-        return [Delivery(msg.body, msg.headers, attempt_header(msg.headers), msg)]
+        return [Delivery(m.body, m.headers or {}, attempt_header(m.headers or {}), m) for m in msg.raw_message]
 
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
         msg = delivery.native
