@@ -67,6 +67,9 @@ DUE_HEADER = "x-retry-due-at"
 H_PARTITION = "x-original-partition"
 H_OFFSET = "x-original-offset"
 REPLAY_GROUP = "switchboard-dlt-replay"
+TIER_FETCH_BYTES = 64 * 1024
+"""A tier is rewound whenever its head is not due yet, which throws away what was fetched
+beyond it: fetch little at a time (the default, 1 MiB, is thousands of records)."""
 RETRY_WINDOW_S = 0.05
 """A paused retry tier sleeps at least this long, so records falling due together are fetched
 and handled in one batch (each resume re-fetches from the rewound offset); retries may run
@@ -119,9 +122,14 @@ class KafkaTransport(Transport):
         for delay_ms in self.policy.retry_delays_ms():
             # each retry tier is its own group: its consumer joins without rebalancing the main group
             tier = retry_topic(sub, delay_ms)
-            router.subscriber(tier, group_id=tier, listener=self._gate(tier), include_in_schema=False, **common)(
-                endpoint
-            )
+            router.subscriber(
+                tier,
+                group_id=tier,
+                listener=self._gate(tier),
+                include_in_schema=False,
+                max_partition_fetch_bytes=TIER_FETCH_BYTES,
+                **common,
+            )(endpoint)
         self._broker.include_router(router)
         self._dlt_publisher(sub.dead_letter_channel, sub)
 
