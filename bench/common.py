@@ -7,12 +7,15 @@ import os
 import re
 import socket
 import statistics
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 ADMIN_TOKEN = "bench-admin-token"
 PRODUCTS = tuple(f"BENCH-P{i}" for i in range(8))
 FAIL_PRODUCT = "FAIL"
@@ -89,6 +92,21 @@ def spread(values: list[float]) -> dict[str, float] | None:
 def port_free(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def spawn_service(name: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`faststream run services.<name>:app` on `port` with exactly `env` (plus HTTP_PORT), its
+    output appended to `log_path`; refuses a taken port (a leftover process would answer)."""
+    if not port_free(port):
+        raise RuntimeError(f"port {port} for {name} is taken: a leftover service process?")
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [FASTSTREAM, "run", f"services.{name}:app"],
+            cwd=ROOT,
+            env={**env, "HTTP_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _children() -> dict[int, list[int]]:

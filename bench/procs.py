@@ -6,16 +6,14 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import ADMIN_TOKEN, PRODUCTS, ROOT, STOCK_PER_PRODUCT, metric_value, port_free, rss_bytes
+from bench.common import ADMIN_TOKEN, PRODUCTS, STOCK_PER_PRODUCT, metric_value, rss_bytes, spawn_service
 
-FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 STOP_TIMEOUT_S = 20.0
 SETTINGS_ENV = {
     "BROKER",
@@ -53,19 +51,9 @@ class ServiceProc:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, **overrides: str) -> None:
-        if not port_free(self.port):
-            raise RuntimeError(f"port {self.port} for {self.name} is taken (a leftover process?)")
         inherited = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_ENV}
-        env = {**inherited, **self.env, "HTTP_PORT": str(self.port), **overrides}
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [FASTSTREAM, "run", f"services.{self.name}:app"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn_service(self.name, self.port, {**inherited, **self.env, **overrides}, self.log_path)
         _running.add(self)
 
     def alive(self) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,11 +28,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from bench.common import spawn_service
 from tests.support.system import free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 PORTS = range(28100, 28200)
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 ARTIFACTS = ROOT / "artifacts"
@@ -67,10 +66,7 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     env.pop("BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     log_path = workdir / "inventory.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [FASTSTREAM, "run", "services.inventory:app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    proc = spawn_service("inventory", port, env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,12 @@ from typing import Any, TypeVar
 import httpx
 
 from bench.common import metric_value as sample_sum
+from bench.common import spawn_service
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order", "inventory", "payment", "notification")
 BASE_PORT = {"kafka": 18080, "rabbit": 18180, "nats": 18280}
 ADMIN_TOKEN = "test-admin-token"
-FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 
 T = TypeVar("T")
@@ -101,18 +100,7 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, **overrides: str) -> None:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                raise RuntimeError(f"port {self.port} for {self.name} is taken: a leftover service process?")
-        env = {**os.environ, **self.env, "HTTP_PORT": str(self.port), **overrides}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [FASTSTREAM, "run", f"services.{self.name}:app"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = spawn_service(self.name, self.port, {**os.environ, **self.env, **overrides}, self.log_path)
 
     def stop(self) -> None:
         if self.proc is not None:
