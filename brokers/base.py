@@ -127,10 +127,6 @@ Handler = Callable[[Any], Awaitable[None]]
 DeadLetterHandler = Callable[["DeadLetter"], Awaitable[None]]
 
 
-def _no_scope() -> AbstractAsyncContextManager[Any]:
-    return nullcontext()
-
-
 @dataclass(frozen=True)
 class Subscription:
     """One consumer's handler on one channel.
@@ -146,7 +142,7 @@ class Subscription:
     handler: Handler
     model: Any
     description: str = ""
-    batch_scope: Callable[[], AbstractAsyncContextManager[Any]] = field(default=_no_scope, compare=False)
+    batch_scope: Callable[[], AbstractAsyncContextManager[Any]] = field(default=nullcontext, compare=False)
 
     @property
     def dead_letter_channel(self) -> str:
@@ -442,7 +438,7 @@ class Transport(ABC):
         )
 
     async def _on_failure(self, sub: Subscription, delivery: Delivery, exc: Exception) -> None:
-        with _continued(delivery.headers):
+        with continued_trace(delivery.headers):
             attempt = delivery.attempt
             if not is_poison(exc) and attempt < self.policy.max_attempts:
                 delay_ms = self.policy.delay_ms_before(attempt + 1)
@@ -577,8 +573,8 @@ class _SettleQueue:
 
 
 @contextlib.contextmanager
-def _continued(headers: Mapping[str, Any]) -> Iterator[None]:
-    """Run the block in the trace context carried by `headers` (for its log lines)."""
+def continued_trace(headers: Mapping[str, Any]) -> Iterator[None]:
+    """Run the block in the W3C trace context carried by `headers` (non-text values ignored)."""
     token = otel_context.attach(propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)}))
     try:
         yield

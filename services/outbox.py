@@ -18,8 +18,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER
-from services.tracing import continued_trace, trace_headers
+from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, continued_trace
+from services.tracing import trace_headers
 
 if TYPE_CHECKING:
     from brokers.base import Transport

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -82,13 +80,3 @@ def trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return {k: v for k, v in carrier.items() if k in TRACE_HEADERS}
-
-
-@contextmanager
-def continued_trace(headers: Mapping[str, str]) -> Iterator[None]:
-    """Run the block inside the trace context carried by `headers`."""
-    token = context.attach(propagate.extract(dict(headers)))
-    try:
-        yield
-    finally:
-        context.detach(token)
