@@ -425,10 +425,9 @@ class Transport(ABC):
         return None
 
     def _span(self, sub: Subscription, delivery: Delivery) -> Any:
-        carrier = {k: v for k, v in delivery.headers.items() if isinstance(v, str)}
         return self._tracer.start_as_current_span(
             f"{sub.channel} process",
-            context=propagate.extract(carrier),
+            context=carried_context(delivery.headers),
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": self.label,
@@ -572,10 +571,16 @@ class _SettleQueue:
             log.exception("settling a batch failed; its messages will be redelivered")
 
 
+def carried_context(headers: Mapping[str, Any]) -> otel_context.Context:
+    """The W3C trace context carried by message headers (non-text values, as RabbitMQ may
+    carry, ignored)."""
+    return propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)})
+
+
 @contextlib.contextmanager
 def continued_trace(headers: Mapping[str, Any]) -> Iterator[None]:
-    """Run the block in the W3C trace context carried by `headers` (non-text values ignored)."""
-    token = otel_context.attach(propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)}))
+    """Run the block in the trace context carried by `headers`."""
+    token = otel_context.attach(carried_context(headers))
     try:
         yield
     finally:

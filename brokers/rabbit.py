@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aio_pika import IncomingMessage
@@ -83,7 +84,16 @@ class _Batch(list[IncomingMessage]):
         self.delivery_tag = messages[0].delivery_tag
 
 
-_pending: dict[int, tuple[list[IncomingMessage], list[asyncio.Task[None]]]] = {}
+@dataclass
+class _Intake:
+    """Deliveries of one `_BatchingSubscriber` waiting for the next FastStream call."""
+
+    waiting: list[IncomingMessage] = field(default_factory=list)
+    worker: asyncio.Task[None] | None = None
+
+
+_intakes: dict[int, _Intake] = {}
+"""Per subscriber (by id): FastStream's subscriber classes are slotted, so no own attributes."""
 
 
 class _BatchingSubscriber(RabbitSubscriber):
@@ -96,10 +106,10 @@ class _BatchingSubscriber(RabbitSubscriber):
     async def consume(self, msg: Any) -> Any:
         if isinstance(msg, _Batch):
             return await super().consume(msg)
-        waiting, worker = _pending.setdefault(id(self), ([], []))
-        waiting.append(msg)
-        if not worker or worker[0].done():
-            worker[:] = [asyncio.create_task(self._consume_waiting(waiting))]
+        intake = _intakes.setdefault(id(self), _Intake())
+        intake.waiting.append(msg)
+        if intake.worker is None or intake.worker.done():
+            intake.worker = asyncio.create_task(self._consume_waiting(intake.waiting))
         return None
 
     async def _consume_waiting(self, waiting: list[IncomingMessage]) -> None:
