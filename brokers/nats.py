@@ -201,9 +201,16 @@ class NatsTransport(Transport):
         return [Delivery(m.data, dict(m.headers or {}), _delivery_count(m), m) for m in msg.raw_message]
 
     async def drain(self) -> None:
+        """Also release what the server already sent but no batch took: the tail of a fill fetch
+        lands in the pull subscription's queue after the fetch returned. Flushing twice lets
+        everything the server sent before the PONG arrive (and our naks and acks leave)."""
         await super().drain()
-        with contextlib.suppress(Exception):  # acks are buffered publishes: send them before the close
-            await self._broker.connection.flush()
+        prompt = [s for s in self._broker.subscribers if isinstance(s, _PromptBatchSubscriber)]
+        for _ in range(2):
+            for subscriber in prompt:
+                await subscriber.release_queued()
+            with contextlib.suppress(Exception):  # acks are buffered publishes: send them before the close
+                await self._broker.connection.flush()
 
     async def _give_back(self, msg: StreamMessage[Any]) -> None:
         await _release(msg.raw_message)
@@ -303,6 +310,17 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
                 await self.consume(messages)
             else:  # draining: the next consumer gets them now, not after ack_wait
                 await _release(messages)
+
+    async def release_queued(self) -> None:
+        """nak the messages waiting in the pull subscription's queue (delivered after a fetch
+        returned); a stopped consumer would leave them to ack_wait."""
+        queue = getattr(getattr(self.subscription, "_sub", None), "_pending_queue", None)
+        queued = []
+        while queue is not None and not queue.empty():
+            message = queue.get_nowait()
+            if not message.headers or "Status" not in message.headers:  # status replies carry no message
+                queued.append(message)
+        await _release(queued)
 
 
 async def _release(messages: list[Any]) -> None:

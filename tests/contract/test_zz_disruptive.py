@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -61,36 +62,65 @@ async def test_broker_outage_makes_ready_503_and_orders_survive_it(system: Syste
     assert len(events) == 1
 
 
-CRASH_BACKLOG = 1500
-HANDLED_BEFORE_CRASH = 100
+BACKLOG = 1500
+HANDLED_BEFORE_STOP = 100
+HANDOVER_TIMEOUT_S = 20.0
+"""Below NATS's ack_wait (30 s): a message a stopped consumer kept unacknowledged would be late."""
 
 
 async def test_crash_mid_batch_processes_every_message_exactly_once(system: System, raw: RawClient) -> None:
     """SIGKILL the inventory service while it works through a backlog in batches: after a restart
     every order is decided exactly once (stock, one outcome event id per order), although the
     messages of the interrupted batch were handled again."""
+    product, orders, outcomes = await interrupt_backlog(system, raw, ServiceProcess.kill)
+
+    await eventually(lambda: system.stock(product), lambda s: s == BACKLOG, timeout=120, what="all reserved")
+    assert handled_twice(system, orders), "the crash interrupted no batch: nothing came again"
+    await assert_one_outcome_each(raw, outcomes, orders)
+    assert await system.stock(product) == BACKLOG
+
+
+async def test_graceful_stop_mid_backlog_hands_over_without_repeats_or_waits(system: System, raw: RawClient) -> None:
+    """SIGTERM the inventory service in the middle of a backlog: it finishes and acknowledges the
+    batches it started and gives back what it had not started, so the restarted service handles
+    every remaining order at once (no broker redelivery timeout) and none a second time."""
+    product, orders, outcomes = await interrupt_backlog(system, raw, ServiceProcess.stop)
+
+    await eventually(
+        lambda: system.stock(product), lambda s: s == BACKLOG, timeout=HANDOVER_TIMEOUT_S, what="all reserved"
+    )
+    assert not handled_twice(system, orders), "a message handled before the stop came again"
+    await assert_one_outcome_each(raw, outcomes, orders)
+
+
+async def interrupt_backlog(
+    system: System, raw: RawClient, interrupt: Callable[[ServiceProcess], None]
+) -> tuple[str, list[str], Any]:
+    """Start the inventory service on a backlog of BACKLOG orders of a new product, `interrupt`
+    it once it handled HANDLED_BEFORE_STOP of them, and start it again.
+    Returns (product, order ids, a tap on the outcome channel opened before the backlog)."""
     product = uid("P")
-    await system.set_stock(product, CRASH_BACKLOG * 2)
+    await system.set_stock(product, BACKLOG * 2)
     inventory = system.services["inventory"]
-    orders = [uid("crash") for _ in range(CRASH_BACKLOG)]
+    orders = [uid("backlog") for _ in range(BACKLOG)]
     outcomes = await raw.tap(system.channel("inventory-events"))
     system.stop("inventory")
     try:
         await publish_orders(raw, system.channel("order-events"), orders, product)
-        needle = f"handled channel={system.channel('order-events')} "
         inventory.start()
         await eventually(
-            lambda: asyncio.sleep(0, len(inventory.log_lines(needle))),
-            lambda handled: handled >= HANDLED_BEFORE_CRASH,
+            lambda: asyncio.sleep(0, sum(handled_counts(system, orders).values())),
+            lambda handled: handled >= HANDLED_BEFORE_STOP,
             interval=0.005,
-            what=f"inventory handling {HANDLED_BEFORE_CRASH} messages of the backlog",
+            what=f"inventory handling {HANDLED_BEFORE_STOP} messages of the backlog",
         )
-        inventory.kill()
+        interrupt(inventory)
     finally:
         await system.start("inventory")
+    return product, orders, outcomes
 
-    await eventually(lambda: system.stock(product), lambda s: s == CRASH_BACKLOG, timeout=120, what="all reserved")
-    assert handled_twice(inventory, orders), "the crash interrupted no batch: nothing was redelivered"
+
+async def assert_one_outcome_each(raw: RawClient, outcomes: Any, orders: list[str]) -> None:
     event_ids = await eventually(
         lambda: outcome_ids(raw, outcomes, set(orders)),
         lambda ids: len(ids) == len(orders),
@@ -98,7 +128,6 @@ async def test_crash_mid_batch_processes_every_message_exactly_once(system: Syst
         what="an outcome event for every order",
     )
     assert [o for o, ids in event_ids.items() if len(ids) != 1] == []
-    assert await system.stock(product) == CRASH_BACKLOG
 
 
 async def outcome_ids(raw: RawClient, tap: Any, orders: set[str]) -> OutcomeIds:
@@ -130,10 +159,14 @@ async def publish_orders(raw: RawClient, channel: str, orders: list[str], produc
         )
 
 
-def handled_twice(inventory: ServiceProcess, orders: list[str]) -> bool:
-    """Some order was handled in a batch the crash interrupted, and again after the restart."""
+def handled_twice(system: System, orders: list[str]) -> bool:
+    """Some OrderCreated of `orders` was handled twice (by the stopped process and its successor)."""
+    return any(n > 1 for n in handled_counts(system, orders).values())
+
+
+def handled_counts(system: System, orders: list[str]) -> Counter[str]:
+    """How often the inventory service logged handling the OrderCreated of each of `orders`."""
     wanted = set(orders)
-    handled = Counter(
-        line.split("orderId=", 1)[1].split(" ", 1)[0] for _, line in inventory.log_lines("handled channel=")
-    )
-    return any(n > 1 for order, n in handled.items() if order in wanted)
+    lines = system.services["inventory"].log_lines(f"handled channel={system.channel('order-events')} ")
+    handled = (line.split("orderId=", 1)[1].split(" ", 1)[0] for _, line in lines)
+    return Counter(order for order in handled if order in wanted)
