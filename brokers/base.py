@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.delivery")
 events_log = logging.getLogger("switchboard.events")
+_PROPAGATED_FIELDS = frozenset(propagate.get_global_textmap().fields)
 """One line per handled message: channel, consumer, attempt, orderId, eventId, eventType."""
 
 DLT_SUFFIX = ".DLT"
@@ -573,7 +574,9 @@ class _SettleQueue:
 
 def carried_context(headers: Mapping[str, Any]) -> otel_context.Context:
     """The W3C trace context carried by message headers (non-text values, as RabbitMQ may
-    carry, ignored)."""
+    carry, ignored); an empty context when they carry none (a foreign producer's message)."""
+    if not _PROPAGATED_FIELDS.intersection(headers):
+        return otel_context.Context()
     return propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)})
 
 

@@ -75,6 +75,10 @@ RETRY_WINDOW_S = 0.05
 and handled in one batch (each resume re-fetches from the rewound offset); retries may run
 up to this much later than due."""
 INTERNAL_HEADERS = ("content-type", "correlation_id", DUE_HEADER)
+HEARTBEAT_INTERVAL_MS = 500
+"""A service's subscribers share its group id (CONTRACT.md) but read different topics, so each
+one that joins rebalances the group, and the members learn of it only at their next heartbeat:
+at aiokafka's default (3 s) the notification service needed 15 s to start."""
 
 
 def retry_topic(sub: Subscription, delay_ms: int) -> str:
@@ -110,6 +114,7 @@ class KafkaTransport(Transport):
             "decoder": decode_untouched,
             "batch": True,
             "max_records": BATCH_MAX,
+            "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
         }
         router.subscriber(
             sub.channel,
@@ -148,6 +153,7 @@ class KafkaTransport(Transport):
             dead_letter_channel(channel),
             group_id=self._group(consumer),
             auto_offset_reset="earliest",
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             ack_policy=AckPolicy.ACK,
             decoder=decode_raw,
             title=f"{dead_letter_channel(channel)}:{consumer}",
