@@ -75,6 +75,11 @@ RETRY_WINDOW_S = 0.05
 and handled in one batch (each resume re-fetches from the rewound offset); retries may run
 up to this much later than due."""
 INTERNAL_HEADERS = ("content-type", "correlation_id", DUE_HEADER)
+PRODUCER_BATCH_BYTES = 256 * 1024
+"""Per-partition producer buffer. The outbox relay sends up to 200 events at once; with
+aiokafka's 16 KiB default a send found its batch full every ~40 events and waited for the
+sender (measured: +24 % consumer path, +28 % with 10 % failing). Stays under the broker's
+1 MiB message limit."""
 HEARTBEAT_INTERVAL_MS = 500
 """A service's subscribers share its group id (CONTRACT.md) but read different topics, so each
 one that joins rebalances the group, and the members learn of it only at their next heartbeat:
@@ -101,6 +106,7 @@ class KafkaTransport(Transport):
             self.url,
             acks="all",
             enable_idempotence=True,
+            max_batch_size=PRODUCER_BATCH_BYTES,
             **self.broker_options(KafkaPrometheusMiddleware, KafkaTelemetryMiddleware),
         )
 
