@@ -1,0 +1,38 @@
+"""The SQLite store: commits stay on the event loop, WAL checkpoints run beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from services.store import Database, Tx
+from tests.support.system import eventually
+
+ROWS = 2000
+ROW_BYTES = 1000
+
+
+async def test_committed_pages_reach_the_database_file_without_a_commit_checkpointing(tmp_path: Path) -> None:
+    """Commits never run SQLite's automatic checkpoint (it would block the event loop for an
+    fsync); the background checkpointer still copies the WAL into the database file."""
+    path = tmp_path / "store.db"
+    db = Database(f"sqlite:///{path}")
+    await db.connect(["CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"])
+    try:
+        empty_size = path.stat().st_size
+
+        def fill(tx: Tx) -> None:
+            for i in range(ROWS):
+                tx.execute("INSERT INTO t (id, body) VALUES (?, ?)", (i, "x" * ROW_BYTES))
+
+        await db.transaction(fill)
+        assert path.stat().st_size == empty_size, "a COMMIT checkpointed the WAL on the event loop"
+        await eventually(
+            lambda: asyncio.sleep(0, path.stat().st_size),
+            lambda size: size >= ROWS * ROW_BYTES,
+            timeout=10,
+            what="the rows copied from the WAL into the database file",
+        )
+        assert await db.transaction(lambda tx: tx.fetchone("SELECT COUNT(*) FROM t")) == (ROWS,)
+    finally:
+        await db.close()
