@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.otlp import OtlpCollector
 from tests.support.raw import RawClient
 from tests.support.system import ServiceProcess, System, brokers_script, eventually, metric_value, uid
 
@@ -60,6 +61,37 @@ async def test_broker_outage_makes_ready_503_and_orders_survive_it(system: Syste
     assert await system.stock(product) == 8
     events = [m for m in await raw.tapped(tap) if m.order_id() == order_id]
     assert len(events) == 1
+
+
+async def test_spans_of_one_order_reach_an_otlp_collector_from_both_services(system: System) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the order service's request and publish spans and
+    the inventory service's consumer span of one order are exported in the caller's trace."""
+    traced = ("order", "inventory")
+    with OtlpCollector() as collector:
+        try:
+            for name in traced:
+                await system.restart(
+                    name, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100"
+                )
+            product, order_id, trace_id = uid("P"), uid("otlp"), uid().ljust(32, "0")
+            await system.set_stock(product, 5)
+            r = await system.http.post(
+                system.url("order", "/orders"),
+                json={"orderId": order_id, "productId": product, "quantity": 1},
+                headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
+            )
+            assert r.status_code == 202
+            consume = f"{system.channel('order-events')} process"
+            spans = await eventually(
+                lambda: asyncio.sleep(0, collector.spans_of(trace_id)),
+                lambda spans: any(s.service == "inventory-service" and s.name == consume for s in spans),
+                what=f"the inventory service's '{consume}' span in trace {trace_id}",
+            )
+        finally:
+            for name in traced:
+                await system.restart(name)
+    assert {s.kind for s in spans if s.service == "order-service"} >= {"SPAN_KIND_SERVER", "SPAN_KIND_PRODUCER"}
+    assert [s.kind for s in spans if s.name == consume] == ["SPAN_KIND_CONSUMER"]
 
 
 BACKLOG = 1500
