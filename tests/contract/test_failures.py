@@ -46,12 +46,7 @@ async def test_failing_order_is_retried_with_backoff_then_dead_lettered(system: 
     order_id = uid("fail")
     tap = await raw.tap(system.channel("order-events"))
 
-    trace_id = uid().ljust(32, "0")
-    r = await system.http.post(
-        system.url("order", "/orders"),
-        json={"orderId": order_id, "productId": "FAIL", "quantity": 1},
-        headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
-    )
+    r, trace_id = await system.post_traced_order({"orderId": order_id, "productId": "FAIL", "quantity": 1})
     assert r.status_code == 202
 
     [letter] = await dead_letters_of(raw, system, order_id)

@@ -219,14 +219,9 @@ async def test_probes_and_docs(system: System) -> None:
 
 async def test_trace_of_the_http_request_reaches_the_inventory_handler(system: System) -> None:
     product, order_id = uid("P"), uid("trace")
-    trace_id = uid().ljust(32, "0")
     await system.set_stock(product, 5)
 
-    r = await system.http.post(
-        system.url("order", "/orders"),
-        json={"orderId": order_id, "productId": product, "quantity": 1},
-        headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
-    )
+    r, trace_id = await system.post_traced_order({"orderId": order_id, "productId": product, "quantity": 1})
 
     assert r.status_code == 202
     assert trace_id in r.headers["traceparent"]

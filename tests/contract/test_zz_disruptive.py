@@ -73,13 +73,9 @@ async def test_spans_of_one_order_reach_an_otlp_collector_from_both_services(sys
                 await system.restart(
                     name, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100"
                 )
-            product, order_id, trace_id = uid("P"), uid("otlp"), uid().ljust(32, "0")
+            product = uid("P")
             await system.set_stock(product, 5)
-            r = await system.http.post(
-                system.url("order", "/orders"),
-                json={"orderId": order_id, "productId": product, "quantity": 1},
-                headers={"traceparent": f"00-{trace_id}-{uid().ljust(16, '0')}-01"},
-            )
+            r, trace_id = await system.post_traced_order({"productId": product, "quantity": 1})
             assert r.status_code == 202
             consume = f"{system.channel('order-events')} process"
             spans = await eventually(

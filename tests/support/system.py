@@ -192,6 +192,13 @@ class System:
     async def post_order(self, body: dict[str, Any]) -> httpx.Response:
         return await self.http.post(self.url("order", "/orders"), json=body)
 
+    async def post_traced_order(self, body: dict[str, Any]) -> tuple[httpx.Response, str]:
+        """POST the order as part of a new W3C trace of the caller's; returns (response, trace id)."""
+        trace_id = uid().ljust(32, "0")
+        traceparent = f"00-{trace_id}-{uid().ljust(16, '0')}-01"
+        r = await self.http.post(self.url("order", "/orders"), json=body, headers={"traceparent": traceparent})
+        return r, trace_id
+
     async def order(self, order_id: str) -> dict[str, Any]:
         r = await self.http.get(self.url("order", f"/orders/{order_id}"))
         assert r.status_code == 200, r.text
