@@ -84,6 +84,9 @@ HEARTBEAT_INTERVAL_MS = 500
 """A service's subscribers share its group id (CONTRACT.md) but read different topics, so each
 one that joins rebalances the group, and the members learn of it only at their next heartbeat:
 at aiokafka's default (3 s) the notification service needed 15 s to start."""
+SESSION_TIMEOUT_MS = 6000
+"""How long the group waits for a member that vanished (killed, or stopped in the middle of
+joining) before its partitions move: the broker's minimum, not aiokafka's 10 s default."""
 
 
 def retry_topic(sub: Subscription, delay_ms: int) -> str:
@@ -121,6 +124,7 @@ class KafkaTransport(Transport):
             "batch": True,
             "max_records": BATCH_MAX,
             "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
         }
         router.subscriber(
             sub.channel,
@@ -160,6 +164,7 @@ class KafkaTransport(Transport):
             group_id=self._group(consumer),
             auto_offset_reset="earliest",
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
             ack_policy=AckPolicy.ACK,
             decoder=decode_raw,
             title=f"{dead_letter_channel(channel)}:{consumer}",
@@ -237,6 +242,11 @@ class KafkaTransport(Transport):
             consumer.seek(tp, offset)
         for (consumer, tp), next_offset in commit.items():
             self._committer(consumer, tp.topic).mark(tp, min(next_offset, rewind.get((consumer, tp), next_offset)))
+
+    async def drain(self) -> None:
+        """Also wait for the offset commits of what was settled: the consumers stop right after."""
+        await super().drain()
+        await asyncio.gather(*(committer.committed() for committer in self._committers.values()))
 
     def _gate(self, topic: str) -> _CommitGate:
         return self._gates.setdefault(topic, _CommitGate())
@@ -374,6 +384,13 @@ class _Committer:
     def keep_only(self, assigned: set[TopicPartition]) -> None:
         """Forget offsets of partitions another member owns now (it reads them again)."""
         self._pending = {tp: offset for tp, offset in self._pending.items() if tp in assigned}
+
+    async def committed(self) -> None:
+        """Return once nothing marked is left to commit (or the gate holds it: the partitions
+        are being reassigned and their next owner reads those records again)."""
+        if self._task is not None:
+            await self._task
+        await self.flush()
 
     async def flush(self) -> None:
         while self._pending and self.gate.open:

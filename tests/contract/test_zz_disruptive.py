@@ -92,7 +92,7 @@ async def test_spans_of_one_order_reach_an_otlp_collector_from_both_services(sys
 
 BACKLOG = 1500
 HANDLED_BEFORE_STOP = 100
-HANDOVER_TIMEOUT_S = 20.0
+HANDOVER_TIMEOUT_S = 25.0
 """Below NATS's ack_wait (30 s): a message a stopped consumer kept unacknowledged would be late."""
 
 
