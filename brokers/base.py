@@ -62,8 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.delivery")
 events_log = logging.getLogger("switchboard.events")
-_PROPAGATED_FIELDS = frozenset(propagate.get_global_textmap().fields)
 """One line per handled message: channel, consumer, attempt, orderId, eventId, eventType."""
+_PROPAGATED_FIELDS = frozenset(propagate.get_global_textmap().fields)
 
 DLT_SUFFIX = ".DLT"
 ATTEMPTS_HEADER = "x-attempts"
