@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -90,8 +91,12 @@ async def test_spans_of_one_order_reach_an_otlp_collector_from_both_services(sys
     assert [s.kind for s in spans if s.name == consume] == ["SPAN_KIND_CONSUMER"]
 
 
-BACKLOG = 1500
+BACKLOG = 4000
+"""Well above what a graceful stop still handles after HANDLED_BEFORE_STOP (its running
+batches, up to 4 × 256 messages), so that some of the backlog is handed over."""
 HANDLED_BEFORE_STOP = 100
+PUBLISH_CHUNK = 500
+"""Publishes in flight at once: far faster than the service handles them, so a backlog builds."""
 HANDOVER_TIMEOUT_S = 25.0
 """Below NATS's ack_wait (30 s): a message a stopped consumer kept unacknowledged would be late."""
 
@@ -100,42 +105,59 @@ async def test_crash_mid_batch_processes_every_message_exactly_once(system: Syst
     """SIGKILL the inventory service while it works through a backlog in batches: after a restart
     every order is decided exactly once (stock, one outcome event id per order), although the
     messages of the interrupted batch were handled again."""
-    product, orders, outcomes = await interrupt_backlog(system, raw, ServiceProcess.kill)
+    backlog = await interrupt_backlog(system, raw, ServiceProcess.kill, while_running=False)
 
-    await eventually(lambda: system.stock(product), lambda s: s == BACKLOG, timeout=120, what="all reserved")
-    assert handled_twice(system, orders), "the crash interrupted no batch: nothing came again"
-    await assert_one_outcome_each(raw, outcomes, orders)
-    assert await system.stock(product) == BACKLOG
+    await eventually(lambda: system.stock(backlog.product), lambda s: s == BACKLOG, timeout=120, what="all reserved")
+    assert handled_twice(system, backlog.orders), "the crash interrupted no batch: nothing came again"
+    await assert_one_outcome_each(raw, backlog)
+    assert await system.stock(backlog.product) == BACKLOG
 
 
 async def test_graceful_stop_mid_backlog_hands_over_without_repeats_or_waits(system: System, raw: RawClient) -> None:
     """SIGTERM the inventory service in the middle of a backlog: it finishes and acknowledges the
     batches it started and gives back what it had not started, so the restarted service handles
     every remaining order at once (no broker redelivery timeout) and none a second time."""
-    product, orders, outcomes = await interrupt_backlog(system, raw, ServiceProcess.stop)
+    backlog = await interrupt_backlog(system, raw, ServiceProcess.stop, while_running=True)
+    assert backlog.handled_before_restart < BACKLOG, "the stop came after the whole backlog: nothing was handed over"
 
     await eventually(
-        lambda: system.stock(product), lambda s: s == BACKLOG, timeout=HANDOVER_TIMEOUT_S, what="all reserved"
+        lambda: system.stock(backlog.product), lambda s: s == BACKLOG, timeout=HANDOVER_TIMEOUT_S, what="all reserved"
     )
-    assert not handled_twice(system, orders), "a message handled before the stop came again"
-    await assert_one_outcome_each(raw, outcomes, orders)
+    assert not handled_twice(system, backlog.orders), "a message handled before the stop came again"
+    await assert_one_outcome_each(raw, backlog)
+
+
+@dataclass
+class Backlog:
+    product: str
+    orders: list[str]
+    outcomes: Any
+    """A tap on the outcome channel, opened before the backlog was published."""
+    handled_before_restart: int
+    """Orders the interrupted process logged as handled."""
 
 
 async def interrupt_backlog(
-    system: System, raw: RawClient, interrupt: Callable[[ServiceProcess], None]
-) -> tuple[str, list[str], Any]:
-    """Start the inventory service on a backlog of BACKLOG orders of a new product, `interrupt`
-    it once it handled HANDLED_BEFORE_STOP of them, and start it again.
-    Returns (product, order ids, a tap on the outcome channel opened before the backlog)."""
+    system: System, raw: RawClient, interrupt: Callable[[ServiceProcess], None], *, while_running: bool
+) -> Backlog:
+    """Give the inventory service BACKLOG orders of a new product, `interrupt` it once it handled
+    HANDLED_BEFORE_STOP of them, and start it again. `while_running`: they are published to
+    the running service, faster than it handles them (a SIGTERM then lands in steady
+    consumption; a service started on a ready backlog may consume all of it while still
+    starting, before a SIGTERM takes effect). Otherwise the service starts on the whole
+    backlog, so it works in full batches."""
     product = uid("P")
     await system.set_stock(product, BACKLOG * 2)
     inventory = system.services["inventory"]
     orders = [uid("backlog") for _ in range(BACKLOG)]
     outcomes = await raw.tap(system.channel("inventory-events"))
-    system.stop("inventory")
+    if not while_running:
+        system.stop("inventory")
+    publishing = asyncio.create_task(publish_orders(raw, system.channel("order-events"), orders, product))
     try:
-        await publish_orders(raw, system.channel("order-events"), orders, product)
-        inventory.start()
+        if not while_running:
+            await publishing
+            inventory.start()
         await eventually(
             lambda: asyncio.sleep(0, sum(handled_counts(system, orders).values())),
             lambda handled: handled >= HANDLED_BEFORE_STOP,
@@ -143,15 +165,18 @@ async def interrupt_backlog(
             what=f"inventory handling {HANDLED_BEFORE_STOP} messages of the backlog",
         )
         interrupt(inventory)
+        handled_before_restart = sum(handled_counts(system, orders).values())
+        await publishing
     finally:
+        publishing.cancel()
         await system.start("inventory")
-    return product, orders, outcomes
+    return Backlog(product, orders, outcomes, handled_before_restart)
 
 
-async def assert_one_outcome_each(raw: RawClient, outcomes: Any, orders: list[str]) -> None:
+async def assert_one_outcome_each(raw: RawClient, backlog: Backlog) -> None:
     event_ids = await eventually(
-        lambda: outcome_ids(raw, outcomes, set(orders)),
-        lambda ids: len(ids) == len(orders),
+        lambda: outcome_ids(raw, backlog.outcomes, set(backlog.orders)),
+        lambda ids: len(ids) == len(backlog.orders),
         timeout=60,
         what="an outcome event for every order",
     )
@@ -177,8 +202,8 @@ class OutcomeIds(dict[str, set[str]]):
 
 
 async def publish_orders(raw: RawClient, channel: str, orders: list[str], product: str) -> None:
-    for start in range(0, len(orders), 100):
-        chunk = orders[start : start + 100]
+    for start in range(0, len(orders), PUBLISH_CHUNK):
+        chunk = orders[start : start + PUBLISH_CHUNK]
         await asyncio.gather(
             *(
                 raw.publish(channel, json.dumps({"orderId": o, "productId": product, "quantity": 1}).encode(), o)
