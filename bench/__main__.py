@@ -2,7 +2,10 @@
 
 Per broker, in one run (each scenario in its own channel namespace, time-limited):
 
-1. raw     – raw-client ceiling: produce N events durably, consume them back from the backlog
+1. raw     – raw clients: produce N events durably, consume them back from the backlog, and
+             relay them (consume → publish one durable outcome each → ack after the confirm):
+             the relay is the end-to-end ceiling of the consumer path, which does the same
+             broker work per message
 2. consumer– inventory consumer path on a preloaded backlog of N OrderCreated
 3. ingest  – POST /orders load (wrk, else a Python generator): orders/s accepted, all published?
 4. latency – POST → InventoryReserved at a fixed rate: p50/p99/max
@@ -42,7 +45,7 @@ from bench.scenarios import SCENARIOS, Ctx
 
 ORDER = ("raw", "consumer", "failing", "ingest", "latency")
 TARGETS = {
-    "consumer": 0.50,  # consumer path ≥ 50 % of the raw consume ceiling
+    "consumer": 0.50,  # consumer path ≥ 50 % of the raw end-to-end ceiling (the relay)
     "ingest": 2000.0,  # accepted orders/s
     "latency": 50.0,  # p99 ms at the fixed rate (500/s by default)
     "failing": 0.85,  # healthy throughput with 10 % failing ≥ 85 % of all-healthy
@@ -142,7 +145,10 @@ def headline(name: str, r: dict[str, Any]) -> str:
         return f"{v:,.0f}{unit}" if isinstance(v, int | float) else "–"
 
     if name == "raw":
-        return f": produce {f('produce_msg_s', ' msg/s')}, consume {f('consume_msg_s', ' msg/s')}"
+        return (
+            f": produce {f('produce_msg_s', ' msg/s')}, consume {f('consume_msg_s', ' msg/s')},"
+            f" relay {f('relay_steady_msg_s', ' msg/s')}"
+        )
     if name in ("consumer", "failing"):
         partial = f", {f('partial_msg_s', ' msg/s')} so far" if r.get("status") == "timeout" else ""
         return f": {f('msg_s', ' msg/s')} ({r.get('handled', 0)}/{r.get('expected_outputs', '?')} handled{partial})"
@@ -196,7 +202,7 @@ async def run_broker(broker: str, args: argparse.Namespace, workdir: Path) -> di
 
 # --------------------------------------------------------------------------- summary and verdicts
 FIGURES = {
-    "raw": ["produce_msg_s", "consume_msg_s", "consume_steady_msg_s"],
+    "raw": ["produce_msg_s", "consume_msg_s", "consume_steady_msg_s", "relay_msg_s", "relay_steady_msg_s"],
     "consumer": ["msg_s", "steady_msg_s", "start_to_ready_s", "first_output_after_ready_s", "ready_to_started_s"],
     "failing": ["msg_s", "steady_msg_s", "first_output_after_ready_s", "all_failing_dead_lettered_after_ready_s"],
     "ingest": ["accepted_per_s", "published_per_s", "drained_after_load_s"],
@@ -240,12 +246,18 @@ def _steady_or_overall(summary: dict[str, Any], scenario: str) -> float | None:
 def verdicts(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     raw_consume = med(summary, "raw", "consume_msg_s")
+    raw_relay = med(summary, "raw", "relay_steady_msg_s")  # steady, as the consumer path's rate
     # steady rates (first → last output): on Kafka the service consumes while its subscribers
     # are still joining, before /ready, which would flatter a rate counted from /ready
     consumer = _steady_or_overall(summary, "consumer")
-    if consumer is not None and raw_consume:
-        ratio = consumer / raw_consume
-        out["consumer"] = {"ratio": ratio, "target": "≥ 50 % of raw consume", "pass": ratio >= TARGETS["consumer"]}
+    if consumer is not None and raw_relay:
+        ratio = consumer / raw_relay
+        out["consumer"] = {
+            "ratio": ratio,
+            "ratio_to_consume": consumer / raw_consume if raw_consume else None,
+            "target": "≥ 50 % of the raw relay (end to end)",
+            "pass": ratio >= TARGETS["consumer"],
+        }
     ingest = med(summary, "ingest", "accepted_per_s")
     if ingest is not None:
         verified = summary["ingest"].get("verified")
@@ -311,19 +323,23 @@ def table(broker: str, result: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append(
             ("raw produce (durable)" + _status(s, "raw"), _fmt(s["raw"]["produce_msg_s"], " msg/s"), "", "", "")
         )
-        rows.append(("raw consume = ceiling", _fmt(s["raw"]["consume_msg_s"], " msg/s"), "", "", ""))
+        rows.append(("raw consume only", _fmt(s["raw"]["consume_msg_s"], " msg/s"), "", "", ""))
         rows.append(("  steady (first→last)", _fmt(s["raw"]["consume_steady_msg_s"], " msg/s"), "", "", ""))
+        rows.append(("raw relay = end-to-end ceiling", _fmt(s["raw"]["relay_steady_msg_s"], " msg/s"), "", "", ""))
+        rows.append(("  incl. connect and join", _fmt(s["raw"]["relay_msg_s"], " msg/s"), "", "", ""))
     if "consumer" in s:
         c = v.get("consumer")
         rows.append(
             (
                 "inventory consumer path, steady" + _status(s, "consumer"),
                 _fmt(s["consumer"]["steady_msg_s"], " msg/s"),
-                pct(c["ratio"]) + " of raw" if c else "",
-                "≥ 50 % of raw",
+                pct(c["ratio"]) + " of relay" if c else "",
+                "≥ 50 % of relay",
                 _mark(c, s, "consumer"),
             )
         )
+        if c and c.get("ratio_to_consume"):
+            rows.append(("  vs raw consume only", "", pct(c["ratio_to_consume"]), "", ""))
         rows.append(("  from /ready to lag 0", _fmt(s["consumer"]["msg_s"], " msg/s"), "", "", ""))
         rows.append(("  ready → first output", _fmt(s["consumer"]["first_output_after_ready_s"], " s", 2), "", "", ""))
     if "ingest" in s:

@@ -39,7 +39,9 @@ KAFKA_BATCH = 1000
 SERVICE_CHANNELS = ("order-events", "inventory-events", "payment-events")
 SERVICE_CONSUMERS = ("order-service", "inventory-service", "payment-service", "notification-service")
 RAW_CHANNEL = "bench-raw"
+RAW_OUT_CHANNEL = "bench-raw-out"
 RAW_CONSUMER = "bench-raw"
+RELAY_CONSUMER = "bench-relay"
 
 
 @dataclass
@@ -121,6 +123,13 @@ class RawBroker(ABC):
         """Consume `n` messages of the ceiling's channel, acknowledging after processing."""
 
     @abstractmethod
+    async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
+        """Consume `n` messages of the ceiling's channel under a second consumer name and, for
+        each, publish an outcome to `out_channel` with the producer's durability; a message is
+        acknowledged only after its outcome was confirmed. The raw client doing the consumer
+        path's broker work: one input in, one durable output out."""
+
+    @abstractmethod
     async def tap(self, channel: str) -> Tap:
         """Start observing `channel`; the tap sees everything published from now on (Kafka and
         NATS also what was published before)."""
@@ -133,6 +142,13 @@ class RawBroker(ABC):
 def process(body: bytes) -> None:
     """What the ceiling's consumers do with a message: decode it."""
     json.loads(body)
+
+
+def outcome(body: bytes) -> tuple[str, bytes]:
+    """What the relay publishes for a message: (key, body) of an InventoryReserved-shaped event."""
+    event = json.loads(body)
+    event["eventType"] = "InventoryReserved"
+    return str(event.get("orderId", "")), json.dumps(event).encode()
 
 
 async def _windowed(items: Iterable[tuple[str, bytes]], publish: Any, window: int = PUBLISH_WINDOW) -> None:
@@ -221,6 +237,39 @@ class KafkaRaw(RawBroker):
         finally:
             await consumer.stop()
 
+    async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
+        await self._partitions(out_channel, create=True)
+        start = time.monotonic()
+        producer = AIOKafkaProducer(bootstrap_servers=self.url, acks="all", enable_idempotence=True)
+        consumer = AIOKafkaConsumer(
+            channel,
+            bootstrap_servers=self.url,
+            group_id=f"{channel}.{RELAY_CONSUMER}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=KAFKA_BATCH,
+        )
+        await producer.start()
+        await consumer.start()
+        count, first = 0, None
+        try:
+            while count < n:
+                batch = await consumer.getmany(timeout_ms=500, max_records=KAFKA_BATCH)
+                futures = []
+                for records in batch.values():
+                    for record in records:
+                        key, body = outcome(record.value)
+                        futures.append(await producer.send(out_channel, body, key=key.encode()))
+                        count += 1
+                if batch:
+                    first = first if first is not None else time.monotonic() - start
+                    await asyncio.gather(*futures)
+                    await consumer.commit()
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
     async def tap(self, channel: str) -> Tap:
         parts = await self._partitions(channel, create=True)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.url, enable_auto_commit=False, group_id=None)
@@ -271,8 +320,8 @@ class RabbitRaw(RawBroker):
             await self.conn.close()
 
     @staticmethod
-    def raw_queue(channel: str) -> str:
-        return f"{channel}.{RAW_CONSUMER}"
+    def raw_queue(channel: str, consumer: str = RAW_CONSUMER) -> str:
+        return f"{channel}.{consumer}"
 
     async def _exchange(self, chan: Any, channel: str) -> Any:
         # the services' own declaration (durable fanout exchange), so either side may come first
@@ -282,10 +331,11 @@ class RabbitRaw(RawBroker):
         chan = await self.conn.channel()
         try:
             exchange = await self._exchange(chan, channel)
-            queue = await chan.declare_queue(
-                self.raw_queue(channel), durable=True, arguments={"x-queue-type": "quorum"}
-            )
-            await queue.bind(exchange, routing_key="#")
+            for consumer in (RAW_CONSUMER, RELAY_CONSUMER):
+                queue = await chan.declare_queue(
+                    self.raw_queue(channel, consumer), durable=True, arguments={"x-queue-type": "quorum"}
+                )
+                await queue.bind(exchange, routing_key="#")
         finally:
             await chan.close()
 
@@ -327,6 +377,42 @@ class RabbitRaw(RawBroker):
             with contextlib.suppress(Exception):
                 await chan.close()
 
+    async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
+        start = time.monotonic()
+        chan = await self.conn.channel(publisher_confirms=True)
+        count, first = 0, None
+        try:
+            out = await self._exchange(chan, out_channel)
+            # outputs are routed somewhere, as the services' are to the benchmark's tap queue
+            sink = await chan.declare_queue(exclusive=True, auto_delete=True)
+            await sink.bind(out, routing_key="#")
+            await chan.set_qos(prefetch_count=RABBIT_PREFETCH)
+            queue = await chan.get_queue(self.raw_queue(channel, RELAY_CONSUMER))
+            pending: list[Any] = []
+
+            async def publish(message: Any) -> None:
+                key, body = outcome(message.body)
+                reply = aio_pika.Message(
+                    body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
+                )
+                await out.publish(reply, routing_key=key)
+
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    pending.append(message)
+                    count += 1
+                    first = first if first is not None else time.monotonic() - start
+                    if len(pending) >= RABBIT_ACK_EVERY or count >= n:
+                        await asyncio.gather(*(publish(m) for m in pending))
+                        await pending[-1].ack(multiple=True)
+                        pending.clear()
+                    if count >= n:
+                        break
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            with contextlib.suppress(Exception):
+                await chan.close()
+
     async def tap(self, channel: str) -> Tap:
         chan = await self.conn.channel()
         exchange = await self._exchange(chan, channel)
@@ -342,7 +428,7 @@ class RabbitRaw(RawBroker):
         return tap
 
     async def delete_namespace(self, ns: str) -> None:
-        queues = [f"{ns}.{RAW_CHANNEL}.{RAW_CONSUMER}"]
+        queues = [f"{ns}.{RAW_CHANNEL}.{RAW_CONSUMER}", f"{ns}.{RAW_CHANNEL}.{RELAY_CONSUMER}"]
         for channel in SERVICE_CHANNELS:
             queues.append(f"{ns}.{channel}.DLT")
             for consumer in SERVICE_CONSUMERS:
@@ -352,7 +438,7 @@ class RabbitRaw(RawBroker):
         try:
             for name in queues:  # deleting a queue that does not exist is not an error in AMQP 0-9-1
                 await chan.queue_delete(name)
-            for channel in (*SERVICE_CHANNELS, RAW_CHANNEL):
+            for channel in (*SERVICE_CHANNELS, RAW_CHANNEL, RAW_OUT_CHANNEL):
                 await chan.exchange_delete(f"{ns}.{channel}")
         finally:
             with contextlib.suppress(Exception):
@@ -420,6 +506,30 @@ class NatsRaw(RawBroker):
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
+    async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
+        await self._ensure_stream(out_channel)
+        start = time.monotonic()
+        psub = await self.js.pull_subscribe(channel, durable=RELAY_CONSUMER, stream=stream_name(channel))
+        count, first = 0, None
+
+        async def relay_one(message: Any) -> None:
+            await self.js.publish(out_channel, outcome(message.data)[1])
+            await message.ack()
+
+        try:
+            while count < n:
+                try:
+                    messages = await psub.fetch(min(FETCH_BATCH, n - count), timeout=2.0)
+                except NatsTimeout:
+                    continue
+                first = first if first is not None else time.monotonic() - start
+                await asyncio.gather(*(relay_one(m) for m in messages))
+                count += len(messages)
+            return ConsumeResult(count, time.monotonic() - start, first)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
     async def tap(self, channel: str) -> Tap:
         stream = await self._ensure_stream(channel)
         tap = Tap(channel)
@@ -439,7 +549,7 @@ class NatsRaw(RawBroker):
         return tap
 
     async def delete_namespace(self, ns: str) -> None:
-        for channel in (*SERVICE_CHANNELS, RAW_CHANNEL):
+        for channel in (*SERVICE_CHANNELS, RAW_CHANNEL, RAW_OUT_CHANNEL):
             for name in (stream_name(f"{ns}.{channel}"), stream_name(f"{ns}.{channel}") + "-DLT"):
                 with contextlib.suppress(NotFoundError):
                     await self.js.delete_stream(name)

@@ -17,7 +17,7 @@ import httpx
 from bench.common import PRODUCTS, mib, order_backlog, percentile, rate
 from bench.load import order_body, run_python_load, run_wrk
 from bench.procs import ServiceProc, service_env
-from bench.raw import RAW_CHANNEL, RawBroker
+from bench.raw import RAW_CHANNEL, RAW_OUT_CHANNEL, RawBroker
 
 RESERVED = "InventoryReserved"
 REJECTED = "InventoryRejected"
@@ -104,6 +104,13 @@ async def raw_ceiling(ctx: Ctx, ns: str, progress: dict[str, Any]) -> None:
         consume_first_s=result.first_s,
         consume_msg_s=rate(result.count, result.seconds),
         consume_steady_msg_s=rate(result.count, result.steady_seconds),
+    )
+    relayed = await ctx.raw.relay(channel, f"{ns}.{RAW_OUT_CHANNEL}", len(items))
+    progress.update(
+        relayed=relayed.count,
+        relay_s=relayed.seconds,
+        relay_msg_s=rate(relayed.count, relayed.seconds),
+        relay_steady_msg_s=rate(relayed.count, relayed.steady_seconds),
     )
 
 
