@@ -40,8 +40,10 @@ from brokers.base import (
     DeadLetter,
     DeadLetterHandler,
     Delivery,
+    Outgoing,
     Subscription,
     Transport,
+    confirmations,
     dead_letter_channel,
     dead_letter_endpoint,
     dead_letter_headers,
@@ -52,6 +54,8 @@ from brokers.base import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from faststream.message import StreamMessage
     from nats.js import JetStreamContext
 
@@ -60,6 +64,9 @@ log = logging.getLogger("switchboard.nats")
 
 ACK_WAIT_S = 30.0
 PULL_BATCH = 32
+PUBLISH_ACK_TIMEOUT_S = 10.0
+"""How long `publish_batch` waits for JetStream's acks. A send given up on may still be stored
+(e.g. flushed after a reconnect); its re-send carries the same Nats-Msg-Id and is dropped."""
 IDLE_FETCH_S = 5.0
 FILL_FETCH_S = 0.005
 RECONNECT_WAIT_S = 0.5
@@ -186,15 +193,27 @@ class NatsTransport(Transport):
         await self._broker.connection.subscribe(subject, queue=f"{sub.consumer}-advisories", cb=on_advisory)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:  # noqa: ARG002
-        if EVENT_ID_HEADER in headers:
-            headers = {**headers, MSG_ID_HEADER: headers[EVENT_ID_HEADER]}
         await self._broker.publish(
             body,
             channel,
-            headers=headers,
+            headers=_deduplicated(headers),
             stream=self._stream(channel).name,
             correlation_id=headers.get(EVENT_ID_HEADER),
         )
+
+    async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        js = self._js
+        sends: list[Any] = []
+        for m in messages:  # acknowledged asynchronously: no reply inbox and timer per message
+            headers = {"content-type": "application/json", "correlation_id": m.headers.get(EVENT_ID_HEADER, "")}
+            headers.update(_deduplicated(m.headers))
+            try:
+                sends.append(
+                    await js.publish_async(m.channel, m.body, headers=headers, stream=self._stream(m.channel).name)
+                )
+            except Exception as exc:  # noqa: BLE001 - reported as this message's outcome
+                sends.append(exc)
+        return await confirmations(sends, PUBLISH_ACK_TIMEOUT_S)
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
@@ -328,6 +347,13 @@ async def _release(messages: list[Any]) -> None:
     for message in messages:
         with contextlib.suppress(Exception):  # connection closing: ack_wait releases it instead
             await message.nak()
+
+
+def _deduplicated(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus JetStream's message id (the event id): a re-sent event is stored once."""
+    if EVENT_ID_HEADER in headers:
+        return {**headers, MSG_ID_HEADER: headers[EVENT_ID_HEADER]}
+    return headers
 
 
 def _delivery_count(msg: Any) -> int:

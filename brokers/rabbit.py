@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aio_pika import IncomingMessage
@@ -41,6 +42,7 @@ from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.schemas import Channel
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
+from pamqp.commands import Basic
 
 from brokers.base import (
     ATTEMPTS_HEADER,
@@ -50,9 +52,11 @@ from brokers.base import (
     DeadLetter,
     DeadLetterHandler,
     Delivery,
+    Outgoing,
     Subscription,
     Transport,
     attempt_header,
+    confirmations,
     dead_letter_channel,
     dead_letter_endpoint,
     decode_raw,
@@ -62,6 +66,8 @@ from brokers.base import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from faststream.message import StreamMessage
     from prometheus_client import CollectorRegistry
 
@@ -69,6 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.rabbit")
 
 CRASH_LOOP_DELIVERY_LIMIT = 10
+PERSISTENT = 2
+"""AMQP delivery mode of a message the broker writes to disk."""
 PREFETCH = BATCH_MAX
 
 
@@ -272,17 +280,36 @@ class RabbitTransport(Transport):
             await queue.bind(exchange)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
-        # The exchange fans out whatever the key; the event type makes it informative for tools
-        # that show routing keys, and stays low-cardinality (never the orderId).
-        routing_key = headers.get(EVENT_TYPE_HEADER, "")
         await self._broker.publish(
             body,
             exchange=exchange_of(channel),
-            routing_key=routing_key,
+            routing_key=_routing_key(headers),
             persist=True,
             headers={**headers, "order-id": key},
             correlation_id=headers.get(EVENT_ID_HEADER),
         )
+
+    async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        channel = await (await self._broker.config.channel_manager.get_channel()).get_underlay_channel()
+        now = datetime.now(UTC)
+        sends = [
+            channel.basic_publish(
+                m.body,
+                exchange=m.channel,
+                routing_key=_routing_key(m.headers),
+                properties=Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=PERSISTENT,
+                    correlation_id=m.headers.get(EVENT_ID_HEADER),
+                    timestamp=now,
+                    headers={**m.headers, "order-id": m.key},
+                ),
+            )
+            for m in messages
+        ]  # confirm-mode channel: each resolves on the broker's ack, raises on its nack
+        # no timeout of ours, as FastStream's publish: a confirm comes, or the channel closes
+        # (aiormq fails what is pending); a broker under a resource alarm holds publishers back
+        return await confirmations(sends, timeout_s=None)
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
@@ -373,6 +400,12 @@ class RabbitTransport(Transport):
 
     async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         return await self._drain(channel, limit, consume=True)
+
+
+def _routing_key(headers: dict[str, str]) -> str:
+    """The exchange fans out whatever the key; the event type makes it informative for tools
+    that show routing keys, and stays low-cardinality (never the orderId)."""
+    return headers.get(EVENT_TYPE_HEADER, "")
 
 
 def _carried(headers: dict[str, Any]) -> dict[str, Any]:

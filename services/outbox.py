@@ -2,10 +2,10 @@
 
 Contract: `Outbox.add(tx, channel, event)` stores the event inside the caller's
 transaction, so the state change and its event commit or vanish together. The
-relay publishes a batch of stored events at a time, concurrently but started in
-insertion order (so one key's events keep their order on Kafka), marks each sent after the broker
-confirmed it, and keeps retrying while the broker is down (so an HTTP request can
-be accepted during a broker outage). Each event carries the trace context of
+relay publishes a batch of stored events at a time with `Transport.publish_batch`
+(sends started in insertion order, so one key's events keep their order on Kafka),
+marks each sent after the broker confirmed it, and keeps retrying while the broker
+is down (so an HTTP request can be accepted during a broker outage). Each event carries the trace context of
 the transaction that wrote it. A crash between publish and mark may publish
 an event twice; consumers are idempotent by `eventId`.
 """
@@ -18,7 +18,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, continued_trace
+from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, Outgoing
 from services.tracing import trace_headers
 
 if TYPE_CHECKING:
@@ -102,19 +102,18 @@ class Outbox:
                 (BATCH,),
             )
         )
-        outcomes = await asyncio.gather(*(self._publish_row(*row) for row in rows), return_exceptions=True)
+        messages = [
+            Outgoing(self._channels.get(channel, channel), body.encode(), key, json.loads(headers))
+            for _, channel, key, body, headers in rows
+        ]
+        outcomes = await self.transport.publish_batch(messages)
         sent = [row[0] for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
         if sent:
             await self.db.transaction(lambda tx: self._forget(tx, sent))
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        failures = [o for o in outcomes if o is not None]
         if failures:
             raise failures[0]
         return len(sent)
-
-    async def _publish_row(self, row_id: int, channel: str, key: str, body: str, headers_json: str) -> None:  # noqa: ARG002
-        headers = json.loads(headers_json)
-        with continued_trace(headers):
-            await self.transport.publish(self._channels.get(channel, channel), body.encode(), key=key, headers=headers)
 
     def _forget(self, tx: Tx, ids: list[int]) -> None:
         marks = ",".join("?" * len(ids))

@@ -256,3 +256,33 @@ async def test_domain_counters_follow_the_saga(system: System) -> None:
     assert grew("inventory", "reservations_total", result="RESERVED") == 1
     assert grew("inventory", "reservations_total", result="REJECTED") == 1
     assert grew("payment", "payments_total", result="PaymentProcessed") == 1
+
+
+async def test_faststream_publish_metrics_count_every_outbox_event(system: System) -> None:
+    """`faststream_published_messages_total` (CONTRACT.md, "Metrics") counts each event the
+    outboxes publish, on its channel, whichever path the transport sends it by."""
+    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
+    product = uid("P")
+    await system.set_stock(product, 1)
+
+    async def published(service: str, channel: str) -> float:
+        labels = {"broker": broker, "destination": system.channel(channel), "status": "success"}
+        return metric_value(await system.metrics(service), "faststream_published_messages_total", **labels)
+
+    before_order = await published("order", "order-events")
+    before_inventory = await published("inventory", "inventory-events")
+    ok = (await system.post_order({"productId": product, "quantity": 1})).json()["orderId"]
+    no = (await system.post_order({"productId": product, "quantity": 1})).json()["orderId"]
+    await system.wait_status(ok, {"CONFIRMED"})
+    await system.wait_status(no, {"REJECTED"})
+
+    # a consumer may see an event before its publisher has the broker's confirmation
+    await eventually(lambda: published("order", "order-events"), lambda n: n - before_order == 2, what="2 OrderCreated")
+    # InventoryReserved and InventoryRejected; no release, as the payment succeeded
+    await eventually(
+        lambda: published("inventory", "inventory-events"), lambda n: n - before_inventory == 2, what="2 outcomes"
+    )
+    durations = metric_value(
+        await system.metrics("inventory"), "faststream_published_messages_duration_seconds_count", broker=broker
+    )
+    assert durations > 0

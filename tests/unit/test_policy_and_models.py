@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pydantic import ValidationError
 
-from brokers.base import NonRetryableError, RetryPolicy, Subscription, dead_letter_headers, is_poison
+from brokers.base import NonRetryableError, RetryPolicy, Subscription, confirmations, dead_letter_headers, is_poison
 from config import Settings
 from services.events import OrderCreated
 
@@ -82,3 +84,21 @@ def test_bad_environment_stops_the_process_with_one_line(monkeypatch: pytest.Mon
         "switchboard: invalid configuration: BROKER: BROKER='kafak' is not supported; "
         "valid values are: kafka, rabbit, nats"
     )
+
+
+async def test_publish_confirmations_report_each_send_on_its_own() -> None:
+    """`publish_batch`'s outcomes: a confirmed send is None, a refused or failed one its error,
+    one still unconfirmed at the deadline a TimeoutError (and it is cancelled)."""
+    loop = asyncio.get_running_loop()
+    confirmed, refused, never = loop.create_future(), loop.create_future(), loop.create_future()
+    confirmed.set_result("ack")
+    refused.set_exception(ConnectionError("nack"))
+    not_started = RuntimeError("not connected")
+
+    outcomes = await confirmations([confirmed, refused, not_started, never], timeout_s=0.05)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ConnectionError)
+    assert outcomes[2] is not_started
+    assert isinstance(outcomes[3], TimeoutError)
+    assert never.cancelled()
