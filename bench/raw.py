@@ -51,6 +51,16 @@ class ConsumeResult:
     """From creating the consumer (connect, join, subscribe included) to the last ack."""
     first_s: float | None
     """From creating the consumer to the first message."""
+    marks: list[tuple[int, float]] = field(default_factory=list)
+    """(messages done, monotonic time) after each batch, for `middle_rate` (relay only)."""
+
+    def middle_rate(self) -> float | None:
+        """Messages/s over the middle 80 % of the run (from the 10 % to the 90 % mark)."""
+        low = next(((c, t) for c, t in self.marks if c >= self.count * 0.1), None)
+        high = next(((c, t) for c, t in self.marks if c >= self.count * 0.9), None)
+        if low is None or high is None or high[1] <= low[1]:
+            return None
+        return (high[0] - low[0]) / (high[1] - low[1])
 
     @property
     def steady_seconds(self) -> float | None:
@@ -251,7 +261,7 @@ class KafkaRaw(RawBroker):
         )
         await producer.start()
         await consumer.start()
-        count, first = 0, None
+        count, first, marks = 0, None, []
         try:
             while count < n:
                 batch = await consumer.getmany(timeout_ms=500, max_records=KAFKA_BATCH)
@@ -265,7 +275,8 @@ class KafkaRaw(RawBroker):
                     first = first if first is not None else time.monotonic() - start
                     await asyncio.gather(*futures)
                     await consumer.commit()
-            return ConsumeResult(count, time.monotonic() - start, first)
+                    marks.append((count, time.monotonic()))
+            return ConsumeResult(count, time.monotonic() - start, first, marks)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -380,7 +391,7 @@ class RabbitRaw(RawBroker):
     async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
         start = time.monotonic()
         chan = await self.conn.channel(publisher_confirms=True)
-        count, first = 0, None
+        count, first, marks = 0, None, []
         try:
             out = await self._exchange(chan, out_channel)
             # outputs are routed somewhere, as the services' are to the benchmark's tap queue
@@ -406,9 +417,10 @@ class RabbitRaw(RawBroker):
                         await asyncio.gather(*(publish(m) for m in pending))
                         await pending[-1].ack(multiple=True)
                         pending.clear()
+                        marks.append((count, time.monotonic()))
                     if count >= n:
                         break
-            return ConsumeResult(count, time.monotonic() - start, first)
+            return ConsumeResult(count, time.monotonic() - start, first, marks)
         finally:
             with contextlib.suppress(Exception):
                 await chan.close()
@@ -510,7 +522,7 @@ class NatsRaw(RawBroker):
         await self._ensure_stream(out_channel)
         start = time.monotonic()
         psub = await self.js.pull_subscribe(channel, durable=RELAY_CONSUMER, stream=stream_name(channel))
-        count, first = 0, None
+        count, first, marks = 0, None, []
 
         async def relay_one(message: Any) -> None:
             await self.js.publish(out_channel, outcome(message.data)[1])
@@ -525,7 +537,8 @@ class NatsRaw(RawBroker):
                 first = first if first is not None else time.monotonic() - start
                 await asyncio.gather(*(relay_one(m) for m in messages))
                 count += len(messages)
-            return ConsumeResult(count, time.monotonic() - start, first)
+                marks.append((count, time.monotonic()))
+            return ConsumeResult(count, time.monotonic() - start, first, marks)
         finally:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()

@@ -81,11 +81,22 @@ async def _until(
     return time.monotonic()
 
 
-def _steady(times: list[float]) -> float | None:
-    """Rate between the first and the last arrival (excludes start-up)."""
+def _first_to_last(times: list[float]) -> float | None:
+    """Rate between the first and the last arrival (excludes the process start, not the warm-up)."""
     if len(times) < 2:
         return None
     return rate(len(times) - 1, max(times) - min(times))
+
+
+def _steady(times: list[float]) -> float | None:
+    """Rate over the middle 80 % of the arrivals (10th to 90th percentile): the steady state,
+    without the warm-up (on Kafka, group rebalances while the service's subscribers join) and
+    the tail."""
+    if len(times) < 10:
+        return _first_to_last(times)
+    ordered = sorted(times)
+    low, high = len(ordered) // 10, len(ordered) * 9 // 10
+    return rate(high - low, ordered[high] - ordered[low])
 
 
 # --------------------------------------------------------------------------- 1. raw ceiling
@@ -110,7 +121,8 @@ async def raw_ceiling(ctx: Ctx, ns: str, progress: dict[str, Any]) -> None:
         relayed=relayed.count,
         relay_s=relayed.seconds,
         relay_msg_s=rate(relayed.count, relayed.seconds),
-        relay_steady_msg_s=rate(relayed.count, relayed.steady_seconds),
+        relay_first_last_msg_s=rate(relayed.count, relayed.steady_seconds),
+        relay_steady_msg_s=relayed.middle_rate(),
     )
 
 
@@ -163,6 +175,7 @@ async def _backlog(ctx: Ctx, ns: str, progress: dict[str, Any], fail_ratio: floa
             lag_zero_after_outputs_s=done - outputs_done,
             msg_s=rate(expected, done - ready),
             steady_msg_s=_steady(reserved),
+            first_last_msg_s=_first_to_last(reserved),
             first_output_after_ready_s=(min(reserved) - ready) if reserved else None,
         )
         if started.done() and not started.cancelled() and started.exception() is None and started.result():

@@ -36,6 +36,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 
 from brokers.base import (
     ATTEMPTS_HEADER,
@@ -100,6 +101,7 @@ def retry_topic(sub: Subscription, delay_ms: int) -> str:
 
 class KafkaTransport(Transport):
     label = "kafka"
+    client_producer = AioKafkaFastProducerImpl
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -151,9 +153,10 @@ class KafkaTransport(Transport):
                 **common,
             )(endpoint)
         self._broker.include_router(router)
-        self._dlt_publisher(sub.dead_letter_channel, sub)
+        self._declare_dlt_publisher(sub.dead_letter_channel, sub)
 
-    def _dlt_publisher(self, topic: str, sub: Subscription) -> DefaultPublisher:
+    def _declare_dlt_publisher(self, topic: str, sub: Subscription) -> None:
+        """Make the DLT known to AsyncAPI (dead letters are sent with `publish_one`)."""
         if topic not in self._publishers:
             self._publishers[topic] = self._broker.publisher(
                 topic,
@@ -161,7 +164,6 @@ class KafkaTransport(Transport):
                 description=f"Dead letters of {sub.channel}: original bytes plus x-* envelope headers.",
                 schema=sub.model,
             )
-        return self._publishers[topic]
 
     def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
         self._broker.subscriber(
@@ -193,7 +195,9 @@ class KafkaTransport(Transport):
         for m in messages:  # in order: one key's records reach its partition's batch in order
             try:
                 sends.append(
-                    await producer.send(m.channel, m.body, key=m.key.encode(), headers=_record_headers(m.headers))
+                    await producer.send(
+                        m.channel, m.body, key=m.key.encode() if m.key else None, headers=_record_headers(m.headers)
+                    )
                 )
             except Exception as exc:  # noqa: BLE001 - reported as this message's outcome
                 sends.append(exc)
@@ -242,13 +246,11 @@ class KafkaTransport(Transport):
         headers = self._carried_headers(delivery)
         headers[ATTEMPTS_HEADER] = str(attempt)
         headers[DUE_HEADER] = str(int(time.time() * 1000) + delay_ms)
-        _, record = delivery.native
-        await self._broker.publish(delivery.body, retry_topic(sub, delay_ms), key=record.key, headers=headers)
+        await self.publish_one(Outgoing(retry_topic(sub, delay_ms), delivery.body, _key_of(delivery), headers))
 
     async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
         envelope = {**self._carried_headers(delivery), **headers}
-        _, record = delivery.native
-        await self._dlt_publisher(sub.dead_letter_channel, sub).publish(delivery.body, key=record.key, headers=envelope)
+        await self.publish_one(Outgoing(sub.dead_letter_channel, delivery.body, _key_of(delivery), envelope))
 
     async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
         """Commit, per partition, past the settled records but never past the first record to
@@ -422,6 +424,12 @@ class _Committer:
                 await self.consumer.commit(batch)
             except Exception as exc:  # noqa: BLE001 - e.g. a rebalance: the records come again, handlers are idempotent
                 log.warning("offset commit of %d partition(s) failed: %s", len(batch), exc)
+
+
+def _key_of(delivery: Delivery) -> str:
+    """The record's key as `Outgoing.key` ("" for a record without one: it is sent without one)."""
+    _, record = delivery.native
+    return record.key.decode(errors="replace") if record.key else ""
 
 
 def _record_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:

@@ -28,6 +28,7 @@ from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, NatsRouter, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.publisher.producer import NatsFastProducerImpl
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
 from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -88,6 +89,7 @@ def dlt_stream_of(channel: str) -> JStream:
 
 class NatsTransport(Transport):
     label = "nats"
+    client_producer = NatsFastProducerImpl
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -39,6 +39,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExcha
 from faststream.rabbit.message import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.prometheus.provider import RabbitMetricsSettingsProvider
+from faststream.rabbit.publisher.producer import AioPikaFastProducerImpl
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.schemas import Channel
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
@@ -200,6 +201,7 @@ def dead_letter_queue(channel: str) -> RabbitQueue:
 
 class RabbitTransport(Transport):
     label = "rabbitmq"
+    client_producer = AioPikaFastProducerImpl
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
