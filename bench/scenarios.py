@@ -325,10 +325,28 @@ async def latency(ctx: Ctx, ns: str, progress: dict[str, Any]) -> None:
             http_p50_ms=percentile(http_ms, 50),
             http_p99_ms=percentile(http_ms, 99),
             generator_send_lag_p99_ms=percentile(send_lag_ms, 99),
+            slow_orders_by_second=_slow_by_second(accepted, arrivals, percentile(from_scheduled, 99)),
             rss_mib={"inventory": mib(inventory.rss()), "order": mib(order.rss())},
         )
     finally:
         await tap.close()
+
+
+def _slow_by_second(
+    accepted: dict[str, list[float]], arrivals: dict[str, float], p99_ms: float | None
+) -> dict[str, int]:
+    """How many orders at or above the p99 were scheduled in each second of the run: one
+    stall shows as one busy second, a broad tail as many."""
+    if p99_ms is None or not accepted:
+        return {}
+    start = min(rec[0] for rec in accepted.values())
+    slow: dict[str, int] = {}
+    for order_id, rec in accepted.items():
+        arrived = arrivals.get(order_id)
+        if arrived is not None and (arrived - rec[0]) * 1000 >= p99_ms:
+            second = str(int(rec[0] - start))
+            slow[second] = slow.get(second, 0) + 1
+    return dict(sorted(slow.items(), key=lambda kv: int(kv[0])))
 
 
 SCENARIOS: dict[str, Scenario] = {
