@@ -123,7 +123,7 @@ class Database:
         self.dialect = "postgresql" if parsed.scheme.startswith("postgres") else "sqlite"
         self._conn: Any = None
         self._busy = asyncio.Lock()
-        self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], contextvars.Context]] = []
         self._committer: asyncio.Task[None] | None = None
         self._checkpointer: WalCheckpointer | None = None
         self._begin = "BEGIN" if self.dialect == "postgresql" else "BEGIN IMMEDIATE"
@@ -197,9 +197,10 @@ class Database:
 
     async def _group_commit(self, fn: Callable[[Tx], T]) -> T:
         """Transactions asked for in the same event-loop turn (concurrent HTTP requests) run as
-        savepoints of one transaction and share its COMMIT; each still fails alone."""
+        savepoints of one transaction and share its COMMIT; each still fails alone, and runs in
+        its caller's context (trace context, for the events it writes), not the committer's."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((fn, done))
+        self._queued.append((fn, done, contextvars.copy_context()))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_queued())
         return await done
@@ -211,14 +212,14 @@ class Database:
             outcomes: list[tuple[bool, Any]] = []
             try:
                 async with self.batch():
-                    for fn, _ in group:
+                    for fn, _, caller in group:
                         try:
-                            outcomes.append((True, self._run_savepoint(fn)))
+                            outcomes.append((True, caller.run(self._run_savepoint, fn)))
                         except Exception as exc:  # noqa: BLE001 - handed to its caller
                             outcomes.append((False, exc))
             except Exception as exc:  # noqa: BLE001 - the shared COMMIT failed: every caller sees it
                 outcomes = [(False, exc)] * len(group)
-            for (_, done), (ok, value) in zip(group, outcomes, strict=True):
+            for (_, done, _), (ok, value) in zip(group, outcomes, strict=True):
                 if done.done():
                     continue
                 if ok:

@@ -234,6 +234,25 @@ async def test_trace_of_the_http_request_reaches_the_inventory_handler(system: S
     assert all(f"[trace={trace_id}]" in line for line in handled)  # the payment outcome continues the trace
 
 
+async def test_orders_posted_together_each_keep_their_own_trace(system: System) -> None:
+    """Requests arriving together share one store commit (SQLite group commit); each order's
+    event must still carry its own request's trace context, not that of another request."""
+    product = uid("P")
+    await system.set_stock(product, 100)
+    orders = [uid("ctrace") for _ in range(20)]
+    posted = await asyncio.gather(
+        *(system.post_traced_order({"orderId": o, "productId": product, "quantity": 1}) for o in orders)
+    )
+    assert [r.status_code for r, _ in posted] == [202] * len(orders)
+    wrong = []
+    for order_id, (_, trace_id) in zip(orders, posted, strict=True):
+        await system.wait_status(order_id, DONE)
+        [(_, line)] = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
+        if f"[trace={trace_id}]" not in line:
+            wrong.append(line)
+    assert not wrong, f"{len(wrong)} of {len(orders)} orders handled in another request's trace: {wrong[:2]}"
+
+
 async def test_domain_counters_follow_the_saga(system: System) -> None:
     broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
     product = uid("P")
