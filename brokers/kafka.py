@@ -186,7 +186,11 @@ class KafkaTransport(Transport):
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
         await self._broker.publish(
-            body, channel, key=key.encode(), headers=headers, correlation_id=headers.get(EVENT_ID_HEADER)
+            body,
+            channel,
+            key=key.encode() if key else None,
+            headers=headers,
+            correlation_id=headers.get(EVENT_ID_HEADER),
         )
 
     async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
