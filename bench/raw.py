@@ -202,10 +202,25 @@ class KafkaRaw(RawBroker):
     async def create_raw_channel(self, channel: str) -> None:
         await self._partitions(channel, create=True)
 
+    def _durable_producer(self) -> AIOKafkaProducer:
+        """The services' producer durability: acks=all, idempotent."""
+        return AIOKafkaProducer(bootstrap_servers=self.url, acks="all", enable_idempotence=True)
+
+    def _backlog_consumer(self, channel: str, name: str) -> AIOKafkaConsumer:
+        """A consumer of `channel` from its start, committing explicitly, in its own group `name`."""
+        return AIOKafkaConsumer(
+            channel,
+            bootstrap_servers=self.url,
+            group_id=f"{channel}.{name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=KAFKA_BATCH,
+        )
+
     async def produce(self, channel: str, items: list[tuple[str, bytes]]) -> float:
         # a producer per call: one that lives on keeps asking for the metadata of its topics, and
         # with auto.create.topics.enable that re-creates a topic after the benchmark deleted it
-        producer = AIOKafkaProducer(bootstrap_servers=self.url, acks="all", enable_idempotence=True)
+        producer = self._durable_producer()
         await producer.start()
         try:
             await producer.partitions_for(channel)
@@ -223,14 +238,7 @@ class KafkaRaw(RawBroker):
 
     async def consume(self, channel: str, n: int) -> ConsumeResult:
         start = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            channel,
-            bootstrap_servers=self.url,
-            group_id=f"{channel}.{RAW_CONSUMER}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=KAFKA_BATCH,
-        )
+        consumer = self._backlog_consumer(channel, RAW_CONSUMER)
         await consumer.start()
         count, first = 0, None
         try:
@@ -250,15 +258,8 @@ class KafkaRaw(RawBroker):
     async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
         await self._partitions(out_channel, create=True)
         start = time.monotonic()
-        producer = AIOKafkaProducer(bootstrap_servers=self.url, acks="all", enable_idempotence=True)
-        consumer = AIOKafkaConsumer(
-            channel,
-            bootstrap_servers=self.url,
-            group_id=f"{channel}.{RELAY_CONSUMER}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=KAFKA_BATCH,
-        )
+        producer = self._durable_producer()
+        consumer = self._backlog_consumer(channel, RELAY_CONSUMER)
         await producer.start()
         await consumer.start()
         count, first, marks = 0, None, []
