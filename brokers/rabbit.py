@@ -231,6 +231,9 @@ class RabbitTransport(Transport):
         subscriber = router.subscriber(
             queue,
             exchange_of(sub.channel),
+            # a channel of its own (FastStream keys channels by instance): its delivery tags are
+            # this subscription's alone, so `_settle` may acknowledge a batch with one multiple-ack
+            channel=Channel(prefetch_count=PREFETCH),
             ack_policy=AckPolicy.MANUAL,
             parser=_parse_batch,
             decoder=decode_untouched,
@@ -340,6 +343,12 @@ class RabbitTransport(Transport):
         )
 
     async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
+        """One multiple-ack up to the batch's last delivery when every delivery is done: the
+        subscription's channel is its own and batches settle in delivery order, so every
+        earlier delivery on it is settled already. Otherwise one ack or nack each."""
+        if done and not redeliver:
+            await max(done, key=lambda d: d.native.delivery_tag).native.ack(multiple=True)
+            return
         for delivery in done:
             await delivery.native.ack()
         for delivery in redeliver:
