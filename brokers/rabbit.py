@@ -8,7 +8,8 @@ Native mapping of the shared policy:
   it). Messages are persistent and published with publisher confirms. Up to BATCH_MAX
   unacked messages are delivered at once (prefetch); those that arrive while a batch runs
   form the next batch. A message is acked only after its batch's store transaction
-  committed or it was handed on; a batch that fails as a whole is nacked with requeue.
+  committed or it was handed on (a whole batch with one multiple-ack: each subscription
+  consumes on a channel of its own); a batch that fails as a whole is nacked with requeue.
 * retry → the message is re-published, with our own `x-attempts` header, to the
   consumer's delay queue `<queue>.retry-<delay>ms`, whose `x-message-ttl` expires it
   into the default exchange with the consumer queue as dead-letter routing key: it
