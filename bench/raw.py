@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -500,35 +500,32 @@ class NatsRaw(RawBroker):
         return time.monotonic() - start
 
     async def consume(self, channel: str, n: int) -> ConsumeResult:
-        start = time.monotonic()
-        psub = await self.js.pull_subscribe(channel, durable=RAW_CONSUMER, stream=stream_name(channel))
-        count, first = 0, None
-        try:
-            while count < n:
-                try:
-                    messages = await psub.fetch(min(FETCH_BATCH, n - count), timeout=2.0)
-                except NatsTimeout:
-                    continue
-                first = first if first is not None else time.monotonic() - start
-                for message in messages:
-                    process(message.data)
-                    await message.ack()
-                    count += 1
-            return ConsumeResult(count, time.monotonic() - start, first)
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        async def ack_each(messages: list[Any]) -> None:
+            for message in messages:
+                process(message.data)
+                await message.ack()
+
+        return await self._pull(channel, RAW_CONSUMER, n, ack_each)
 
     async def relay(self, channel: str, out_channel: str, n: int) -> ConsumeResult:
         await self._ensure_stream(out_channel)
-        start = time.monotonic()
-        psub = await self.js.pull_subscribe(channel, durable=RELAY_CONSUMER, stream=stream_name(channel))
-        count, first, marks = 0, None, []
 
         async def relay_one(message: Any) -> None:
             await self.js.publish(out_channel, outcome(message.data)[1])
             await message.ack()
 
+        async def relay_all(messages: list[Any]) -> None:
+            await asyncio.gather(*(relay_one(m) for m in messages))
+
+        return await self._pull(channel, RELAY_CONSUMER, n, relay_all)
+
+    async def _pull(
+        self, channel: str, durable: str, n: int, handle: Callable[[list[Any]], Awaitable[None]]
+    ) -> ConsumeResult:
+        """Fetch `n` messages of `channel` as `durable`, a batch at a time, each batch through `handle`."""
+        start = time.monotonic()
+        psub = await self.js.pull_subscribe(channel, durable=durable, stream=stream_name(channel))
+        count, first, marks = 0, None, []
         try:
             while count < n:
                 try:
@@ -536,7 +533,7 @@ class NatsRaw(RawBroker):
                 except NatsTimeout:
                     continue
                 first = first if first is not None else time.monotonic() - start
-                await asyncio.gather(*(relay_one(m) for m in messages))
+                await handle(messages)
                 count += len(messages)
                 marks.append((count, time.monotonic()))
             return ConsumeResult(count, time.monotonic() - start, first, marks)
