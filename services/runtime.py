@@ -15,6 +15,7 @@ from `/docs/assets/` when installed locally (`services.docs`). Request bodies ov
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -163,6 +164,16 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def _freeze_startup_objects() -> None:
+    """Take everything alive after startup (modules, classes, the FastAPI and FastStream wiring:
+    ~100k objects) out of the cyclic collector's view. A full collection scans every tracked
+    object: during load one cost 35–40 ms in the order and inventory services, a pause that
+    showed as p99 POST → RESERVED stalls of 50–100 ms. Objects created later are collected
+    as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 class Service:
     """One service process (see module docstring)."""
 
@@ -248,6 +259,7 @@ class Service:
         self.outbox.start()  # publishing needs only the connection, not the subscribers
 
     async def _after_startup(self) -> None:
+        _freeze_startup_objects()
         self._subscribed = True
         log.info("%s ready on %s (broker %s)", self.consumer, self.transport.url, self.transport.label)
 
