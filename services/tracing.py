@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -60,6 +61,32 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
+class LineFormatter(logging.Formatter):
+    """LOG_FORMAT, written out: the same text as `logging.Formatter(LOG_FORMAT)` (the unit
+    tests compare them), for about half its cost. A handled message logs two lines, and the
+    generic formatter re-renders the date with `strftime` and interpolates a dict for each.
+    Here the date is rendered once per second."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+        self._second = -1
+        self._date = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._date, self._second = time.strftime(self.default_time_format, self.converter(second)), second
+        return f"{self._date},{int(record.msecs):03d}"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return (
+            f"{record.asctime} {record.levelname} {record.name} "
+            f"[trace={getattr(record, 'trace_id', '-')}] {record.message}"
+        )
+
+
 def configure_logging(level: str) -> None:
     # LOG_FORMAT uses no caller, thread or process fields: skip collecting them for every record
     logging._srcfile = None  # type: ignore[attr-defined]  # documented switch (logging docs, "Optimization")
@@ -69,7 +96,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not any(isinstance(f, TraceIdFilter) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(LineFormatter())
         handler.addFilter(TraceIdFilter())
         root.addHandler(handler)
     root.setLevel(level.upper())
