@@ -233,12 +233,17 @@ class Service:
 
     def counter(self, name: str, documentation: str, *labels: str) -> Callable[..., None]:
         """A domain counter on /metrics, labelled with `broker` like every other series;
-        returns `inc(**labels)`."""
+        returns `inc(**labels)` (called per message: each label set's child is looked up once)."""
         metric = Counter(name, documentation, ("broker", *labels), registry=self.registry)
         broker = self.transport.label
+        children: dict[tuple[tuple[str, str], ...], Any] = {}
 
         def inc(**values: str) -> None:
-            metric.labels(broker=broker, **values).inc()
+            key = tuple(values.items())
+            child = children.get(key)
+            if child is None:
+                child = children[key] = metric.labels(broker=broker, **values)
+            child.inc()
 
         return inc
 
