@@ -38,6 +38,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 
 from brokers.base import (
     BATCH_MAX,
+    DLT_SUFFIX,
     EVENT_ID_HEADER,
     REASON_EXHAUSTED,
     DeadLetter,
@@ -214,7 +215,7 @@ class NatsTransport(Transport):
         sends: list[Any] = []
         for m in messages:
             headers = {"content-type": "application/json", "correlation_id": m.headers.get(EVENT_ID_HEADER, "")}
-            headers.update(_deduplicated(m.headers))
+            headers.update(m.headers if m.channel.endswith(DLT_SUFFIX) else _deduplicated(m.headers))
             headers[Header.EXPECTED_STREAM] = self._stream(m.channel).name
             try:
                 sends.append(await self._acked.publish(nc, m.channel, m.body, headers))
@@ -257,8 +258,9 @@ class NatsTransport(Transport):
             await delivery.native.nak()
 
     async def _publish_dead_letter(self, sub: Subscription, body: bytes, headers: dict[str, Any]) -> None:
-        dlt = sub.dead_letter_channel
-        await self._broker.publish(body, dlt, headers=_carried(headers), stream=self._stream(dlt).name)
+        """Dead letters carry no `Nats-Msg-Id`: an event dead-lettered again after a replay is
+        a new dead letter, which the DLT stream's duplicate window would drop."""
+        await self.publish_one(Outgoing(sub.dead_letter_channel, body, "", _carried(headers)))
 
     # --- lag -----------------------------------------------------------------------
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
