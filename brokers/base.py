@@ -261,6 +261,8 @@ class Transport(ABC):
         self.lag_watch: dict[tuple[str, str], None] = {}
         self._lag_refreshed_at = float("-inf")
         self._pipelines: list[tuple[_Batcher, _SettleQueue]] = []
+        self._singles: list[tuple[Outgoing, asyncio.Future[BaseException | None]]] = []
+        self._singles_sender: asyncio.Task[None] | None = None
         self._draining = False
         self._broker = self._build_broker()
 
@@ -339,10 +341,36 @@ class Transport(ABC):
         return outcomes
 
     async def publish_one(self, message: Outgoing) -> None:
-        """`publish_batch` of one message (its cheaper path when no spans are recorded); raises its failure."""
-        [outcome] = await self.publish_batch([message])
-        if outcome is not None:
-            raise outcome
+        """Publish one message as `publish_batch` does; raises its failure. The calls made in one
+        event-loop turn (the retry copies and dead letters of a batch) share one `publish_batch`,
+        started in call order: one confirmation wait and one metrics update for all of them
+        (a publish of its own cost Kafka 42 µs of CPU per message instead of 16)."""
+        outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._singles.append((message, outcome))
+        if len(self._singles) == 1:
+            self._singles_sender = asyncio.create_task(self._publish_singles())
+        failure = await outcome
+        if failure is not None:
+            raise failure
+
+    async def _publish_singles(self) -> None:
+        singles, self._singles = self._singles, []
+        try:
+            outcomes = await self.publish_batch([message for message, _ in singles])
+        except BaseException as exc:  # every caller sees it; a cancellation is re-raised below
+            outcomes = [exc] * len(singles)
+            if not isinstance(exc, Exception):
+                self._resolve(singles, outcomes)
+                raise
+        self._resolve(singles, outcomes)
+
+    @staticmethod
+    def _resolve(
+        singles: list[tuple[Outgoing, asyncio.Future[BaseException | None]]], outcomes: Sequence[BaseException | None]
+    ) -> None:
+        for (_, waiter), outcome in zip(singles, outcomes, strict=True):
+            if not waiter.done():
+                waiter.set_result(outcome)
 
     async def _publish_traced(self, message: Outgoing) -> None:
         """`publish` inside the trace context `message` carries: FastStream's publish span continues it."""

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from brokers.base import NonRetryableError, RetryPolicy, Subscription, confirmations, dead_letter_headers, is_poison
+from brokers import create_transport
+from brokers.base import (
+    NonRetryableError,
+    Outgoing,
+    RetryPolicy,
+    Subscription,
+    confirmations,
+    dead_letter_headers,
+    is_poison,
+)
 from config import Settings
 from services.events import OrderCreated
 
@@ -102,3 +113,24 @@ async def test_publish_confirmations_report_each_send_on_its_own() -> None:
     assert outcomes[2] is not_started
     assert isinstance(outcomes[3], TimeoutError)
     assert never.cancelled()
+
+
+async def test_publish_one_calls_of_one_loop_turn_share_one_batch() -> None:
+    """Retry copies and dead letters of a batch go out in one `publish_batch`, in call order;
+    each caller gets its own message's outcome."""
+    transport = create_transport(Settings(broker="kafka"), CollectorRegistry(), app_name="t")
+    batches: list[list[bytes]] = []
+    refused = ConnectionError("refused")
+
+    async def publish_batch(messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        batches.append([m.body for m in messages])
+        return [refused if m.body == b"bad" else None for m in messages]
+
+    transport.publish_batch = publish_batch  # type: ignore[method-assign]
+    sends = (transport.publish_one(Outgoing("c", body, "k", {})) for body in (b"1", b"bad", b"3"))
+
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    await transport.publish_one(Outgoing("c", b"4", "k", {}))
+
+    assert outcomes == [None, refused, None]
+    assert batches == [[b"1", b"bad", b"3"], [b"4"]]
