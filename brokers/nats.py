@@ -31,6 +31,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.nats.publisher.producer import NatsFastProducerImpl
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
+from nats.aio.msg import Msg as NatsMsg
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Header
@@ -80,6 +81,8 @@ REPLAY_DURABLE = "switchboard-dlt-replay"
 MSG_ID_HEADER = "Nats-Msg-Id"
 NO_RESPONDERS = "503"
 HEARTBEAT = "100"
+V1_ACK_TOKENS = 9
+V1_DELIVERED = 4
 
 
 def stream_name(subject: str) -> str:
@@ -475,9 +478,14 @@ def _deduplicated(headers: dict[str, str]) -> dict[str, str]:
 
 
 def _delivery_count(msg: Any) -> int:
+    """The server's delivery count, read from the ack subject (`$JS.ACK.<stream>.<consumer>.
+    <delivered>.…`, or the longer v2 form) without building nats-py's whole `metadata`
+    (a timestamp and three objects per message)."""
+    tokens = (getattr(msg, "reply", None) or "").split(".")
+    index = V1_DELIVERED if len(tokens) == V1_ACK_TOKENS else NatsMsg.Ack.NumDelivered
     try:
-        return int(msg.metadata.num_delivered)
-    except (AttributeError, TypeError, ValueError):  # in-memory test broker has no delivery metadata
+        return int(tokens[index]) if tokens[0] == "$JS" else 1
+    except (IndexError, ValueError):  # in-memory test broker: no ack subject
         return 1
 
 
