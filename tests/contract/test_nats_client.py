@@ -1,8 +1,13 @@
-"""NATS only: `publish_batch` sends with its own acked publisher (`brokers.nats._AckedPublisher`),
-so JetStream's answers are read by our code: each refusal must be that message's outcome,
-never a hang or another message's failure."""
+"""NATS only: what our own code does with JetStream's answers.
+
+`publish_batch` sends with its own acked publisher (`brokers.nats._AckedPublisher`): each
+refusal must be that message's outcome, never a hang or another message's failure. And a
+message the server stopped redelivering without our code deciding (JetStream's
+MAX_DELIVERIES advisory) must still reach the dead-letter channel with the envelope."""
 
 from __future__ import annotations
+
+import json
 
 import nats
 import pytest
@@ -13,7 +18,9 @@ from brokers import create_transport
 from brokers.base import Outgoing
 from config import Settings
 from tests.conftest import BROKERS
-from tests.support.system import uid
+from tests.contract.test_failures import ENVELOPE, dead_letters_of
+from tests.support.raw import RawClient
+from tests.support.system import System, uid
 
 pytestmark = [
     pytest.mark.contract,
@@ -53,3 +60,26 @@ async def test_each_jetstream_refusal_is_its_own_message_outcome() -> None:
         for stream in (stored, misrouted + "-elsewhere"):
             await js.delete_stream(stream)
         await nc.close()
+
+
+async def test_max_deliveries_advisory_dead_letters_the_message(system: System, raw: RawClient) -> None:
+    """The server emits the advisory when a consumer reached max_deliver without an ack or a
+    decision (a process killed during every delivery); the service then dead-letters the
+    stored message itself. The advisory is published here as the server would."""
+    if system.broker != "nats":
+        pytest.skip("a JetStream advisory")
+    order_id = uid("advisory-")
+    body = json.dumps({"orderId": order_id, "productId": uid("unknown-"), "quantity": 1}).encode()
+    stored = await raw.nc.jetstream().publish(system.channel("order-events"), body)  # type: ignore[attr-defined]
+    advisory = {"stream": stored.stream, "consumer": "inventory-service", "stream_seq": stored.seq, "deliveries": 4}
+    subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stored.stream}.inventory-service"
+
+    await raw.nc.publish(subject, json.dumps(advisory).encode())  # type: ignore[attr-defined]
+
+    [letter] = await dead_letters_of(raw, system, order_id)
+    assert letter.body == body
+    assert set(letter.headers) >= ENVELOPE
+    assert letter.headers["x-exception-type"] == "brokers.nats.MaxDeliveriesExceeded"
+    assert letter.headers["x-attempts"] == "4"
+    assert letter.headers["x-consumer"] == "inventory-service"
+    assert letter.headers["x-original-destination"] == system.channel("order-events")
