@@ -299,19 +299,9 @@ class RabbitTransport(Transport):
         channel = await (await self._broker.config.channel_manager.get_channel()).get_underlay_channel()
         now = datetime.now(UTC)
         sends = [
-            channel.basic_publish(
-                m.body,
-                exchange=m.channel,
-                routing_key=_routing_key(m.headers),
-                properties=Basic.Properties(
-                    content_type="application/json",
-                    delivery_mode=PERSISTENT,
-                    correlation_id=m.headers.get(EVENT_ID_HEADER),
-                    timestamp=now,
-                    headers={**m.headers, "order-id": m.key},
-                ),
-            )
+            channel.basic_publish(m.body, exchange=exchange, routing_key=routing_key, properties=properties)
             for m in messages
+            for exchange, routing_key, properties in [_addressed(m, now)]
         ]  # confirm-mode channel: each resolves on the broker's ack, raises on its nack
         # no timeout of ours, as FastStream's publish: a confirm comes, or the channel closes
         # (aiormq fails what is pending); a broker under a resource alarm holds publishers back
@@ -322,26 +312,12 @@ class RabbitTransport(Transport):
         return [Delivery(m.body, m.headers or {}, attempt_header(m.headers or {}), m) for m in msg.raw_message]
 
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
-        msg = delivery.native
-        await self._broker.publish(
-            delivery.body,
-            routing_key=delay_queue(sub, delay_ms).name,
-            persist=True,
-            headers={**_carried(delivery.headers), ATTEMPTS_HEADER: str(attempt)},
-            content_type=msg.content_type,
-            message_id=msg.message_id,
-        )
+        headers = {**_carried(delivery.headers), ATTEMPTS_HEADER: str(attempt)}
+        await self.publish_one(_Copy.of(delivery, delay_queue(sub, delay_ms).name, headers, to_queue=True))
 
     async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
-        msg = delivery.native
-        await self._broker.publish(
-            delivery.body,
-            exchange=dead_letter_exchange(sub.channel),
-            persist=True,
-            headers={**_carried(delivery.headers), **headers},
-            content_type=msg.content_type,
-            message_id=msg.message_id,
-        )
+        envelope = {**_carried(delivery.headers), **headers}
+        await self.publish_one(_Copy.of(delivery, dead_letter_exchange(sub.channel).name, envelope))
 
     async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
         """One multiple-ack up to the batch's last delivery when every delivery is done: the
@@ -412,6 +388,43 @@ class RabbitTransport(Transport):
 
     async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         return await self._drain(channel, limit, consume=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy(Outgoing):
+    """A retried or dead-lettered copy of a delivery: keeps its headers, content type and message
+    id as they were; `to_queue`: `channel` names a queue (a retry's delay queue), reached through
+    the default exchange, instead of an exchange."""
+
+    content_type: str | None = None
+    message_id: str | None = None
+    to_queue: bool = False
+
+    @classmethod
+    def of(cls, delivery: Delivery, channel: str, headers: dict[str, Any], *, to_queue: bool = False) -> _Copy:
+        msg = delivery.native
+        key = _text(headers.get("order-id", ""))
+        return cls(channel, delivery.body, key, headers, msg.content_type, msg.message_id, to_queue)
+
+
+def _addressed(m: Outgoing, now: datetime) -> tuple[str, str, Basic.Properties]:
+    """Exchange, routing key and properties of a persistent publish of `m`: an outbox event goes
+    to the channel's exchange, a `_Copy` to its delay queue or dead-letter exchange."""
+    if isinstance(m, _Copy):
+        exchange, routing_key = ("", m.channel) if m.to_queue else (m.channel, _routing_key(m.headers))
+        content_type, message_id, headers = m.content_type, m.message_id, m.headers
+    else:
+        exchange, routing_key = m.channel, _routing_key(m.headers)
+        content_type, message_id, headers = "application/json", None, {**m.headers, "order-id": m.key}
+    properties = Basic.Properties(
+        content_type=content_type,
+        delivery_mode=PERSISTENT,
+        correlation_id=_text(m.headers.get(EVENT_ID_HEADER) or "") or None,
+        message_id=message_id,
+        timestamp=now,
+        headers=headers,
+    )
+    return exchange, routing_key, properties
 
 
 def _routing_key(headers: dict[str, str]) -> str:
