@@ -5,9 +5,9 @@ Native mapping of the shared policy:
 * channel → durable fanout exchange of that name; each consumer owns the durable
   quorum queue `<channel>.<consumer>` bound to it (so whatever routing key a foreign
   publisher uses, and whatever binding key a foreign consumer uses, every message reaches
-  it). Messages are persistent and published with publisher confirms. Up to BATCH_MAX
-  unacked messages are delivered at once (prefetch); those that arrive while a batch runs
-  form the next batch. A message is acked only after its batch's store transaction
+  it). Messages are persistent and published with publisher confirms. Up to PREFETCH
+  (two batches) unacked messages are delivered at once; those that arrive while a batch
+  runs form the next batch (at most BATCH_MAX). A message is acked only after its batch's store transaction
   committed or it was handed on (a whole batch with one multiple-ack: each subscription
   consumes on a channel of its own); a batch that fails as a whole is nacked with requeue.
 * retry → the message is re-published, with our own `x-attempts` header, to the
@@ -79,7 +79,11 @@ log = logging.getLogger("switchboard.rabbit")
 CRASH_LOOP_DELIVERY_LIMIT = 10
 PERSISTENT = 2
 """AMQP delivery mode of a message the broker writes to disk."""
-PREFETCH = BATCH_MAX
+PREFETCH = 2 * BATCH_MAX
+"""Unacknowledged deliveries per subscription: two batches' worth, so the broker keeps
+delivering the next batch while one is handled and acknowledged. With one batch's worth the
+batch used up the window: after each multiple-ack the consumer waited a round trip, idle,
+with nothing unacknowledged."""
 
 
 class _Batch(list[IncomingMessage]):

@@ -94,7 +94,9 @@ async def test_spans_of_one_order_reach_an_otlp_collector_from_both_services(sys
 BACKLOG = 4000
 """Well above what a graceful stop still handles after HANDLED_BEFORE_STOP (its running
 batches, up to 4 × 256 messages), so that some of the backlog is handed over."""
-HANDLED_BEFORE_STOP = 100
+HANDLED_BEFORE_STOP = 300
+"""Past the first, small batches of a start (deliveries trickling in, each batch settled before
+the next arrives) and into steady consumption, where a batch is always being handled."""
 PUBLISH_CHUNK = 500
 """Publishes in flight at once: far faster than the service handles them, so a backlog builds."""
 HANDOVER_TIMEOUT_S = 25.0
