@@ -219,6 +219,7 @@ class NatsTransport(Transport):
         sends: list[Any] = []
         for m in messages:
             headers = {"content-type": "application/json", "correlation_id": m.headers.get(EVENT_ID_HEADER, "")}
+            # dead letters are never deduplicated (`_publish_dead_letter`)
             headers.update(m.headers if m.channel.endswith(DLT_SUFFIX) else _deduplicated(m.headers))
             headers[Header.EXPECTED_STREAM] = self._stream(m.channel).name
             try:
@@ -410,7 +411,7 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
         psub = self.subscription
         sub = psub._sub  # type: ignore[union-attr]
         queue: asyncio.Queue[Msg] = sub._pending_queue
-        taken = [m for m in _drain(queue, sub, batch) if not _status(m)]
+        taken = _queued_messages(sub, batch)
         needed = batch - len(taken)
         if needed <= 0:
             return taken
@@ -439,22 +440,23 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
     async def release_queued(self) -> None:
         """nak the messages waiting in the pull subscription's queue (delivered after a fetch
         returned); a stopped consumer would leave them to ack_wait."""
-        queue = getattr(getattr(self.subscription, "_sub", None), "_pending_queue", None)
-        queued = []
-        while queue is not None and not queue.empty():
-            message = queue.get_nowait()
-            if not message.headers or "Status" not in message.headers:  # status replies carry no message
-                queued.append(message)
-        await _release(queued)
+        sub = getattr(self.subscription, "_sub", None)
+        if sub is not None:
+            await _release(_queued_messages(sub, sub._pending_queue.qsize()))
 
 
-def _drain(queue: asyncio.Queue[Msg], sub: Any, most: int) -> list[Msg]:
-    """Up to `most` messages already queued for `sub`, with nats-py's pending-bytes accounting."""
+def _queued_messages(sub: Any, most: int) -> list[Msg]:
+    """The messages (not the status replies) among the first `most` entries already queued for
+    nats-py subscription `sub`, taken off its queue with its pending-bytes accounting."""
+    queue: asyncio.Queue[Msg] = sub._pending_queue
     taken = []
-    while len(taken) < most and not queue.empty():
+    for _ in range(most):
+        if queue.empty():
+            break
         message = queue.get_nowait()
         sub._pending_size -= len(message.data)
-        taken.append(message)
+        if not _status(message):
+            taken.append(message)
     return taken
 
 

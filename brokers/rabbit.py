@@ -302,11 +302,12 @@ class RabbitTransport(Transport):
     async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         channel = await (await self._broker.config.channel_manager.get_channel()).get_underlay_channel()
         now = datetime.now(UTC)
-        sends = [
-            channel.basic_publish(m.body, exchange=exchange, routing_key=routing_key, properties=properties)
-            for m in messages
-            for exchange, routing_key, properties in [_addressed(m, now)]
-        ]  # confirm-mode channel: each resolves on the broker's ack, raises on its nack
+        sends = []  # confirm-mode channel: each resolves on the broker's ack, raises on its nack
+        for m in messages:
+            exchange, routing_key, properties = _addressed(m, now)
+            sends.append(
+                channel.basic_publish(m.body, exchange=exchange, routing_key=routing_key, properties=properties)
+            )
         # no timeout of ours, as FastStream's publish: a confirm comes, or the channel closes
         # (aiormq fails what is pending); a broker under a resource alarm holds publishers back
         return await confirmations(sends, timeout_s=None)
