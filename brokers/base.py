@@ -389,12 +389,16 @@ class Transport(ABC):
     async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """`publish_batch` with the client library: same durability, headers and keys as `publish`."""
 
+    def _metrics_destination(self, message: Outgoing) -> str:
+        """The `destination` label FastStream's own publisher would give `message`."""
+        return message.channel
+
     def _count_published(
         self, messages: Sequence[Outgoing], outcomes: list[BaseException | None], seconds: float
     ) -> None:
         per_destination: dict[str, list[BaseException | None]] = {}
         for message, outcome in zip(messages, outcomes, strict=True):
-            per_destination.setdefault(message.channel, []).append(outcome)
+            per_destination.setdefault(self._metrics_destination(message), []).append(outcome)
         metrics = self._publish_metrics
         for destination, results in per_destination.items():
             labels = {"broker": self.label, "destination": destination}

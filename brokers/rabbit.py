@@ -312,6 +312,13 @@ class RabbitTransport(Transport):
         # (aiormq fails what is pending); a broker under a resource alarm holds publishers back
         return await confirmations(sends, timeout_s=None)
 
+    def _metrics_destination(self, message: Outgoing) -> str:
+        """As `_ChannelLevelMetrics` labels FastStream's publishes: the exchange, or
+        `default.<queue>` for a copy sent to a delay queue through the default exchange."""
+        if isinstance(message, _Copy) and message.to_queue:
+            return f"default.{message.channel}"
+        return message.channel
+
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
         return [Delivery(m.body, m.headers or {}, attempt_header(m.headers or {}), m) for m in msg.raw_message]
