@@ -380,22 +380,28 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
     """FastStream's batch pull subscriber, but a batch is what the stream holds *now*: wait
     (one long pull) for the first message, then take what is already there (up to BATCH_MAX,
     waiting at most FILL_FETCH_S). FastStream's own loop waits for a full batch or its timeout,
-    which would hold a lone message for seconds."""
+    which would hold a lone message for seconds. While a batch is handled, the next one is
+    already asked for (one no-wait pull), so a backlog streams in without a pause between
+    batches; what it brings waits in the subscription's queue for the next round."""
 
     __slots__ = ()
 
     async def _consume_pull(self) -> None:
         assert self.subscription, "subscription not created"
         while self.running:
-            try:
-                messages = await self.subscription.fetch(batch=1, timeout=IDLE_FETCH_S)
-            except TimeoutError:  # nats-py raises its own subclass or the builtin one
-                continue
-            except (ConnectionClosedError, ServiceUnavailableError):
-                await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
-                continue
+            messages = _queued_messages(self.subscription._sub, BATCH_MAX)  # type: ignore[attr-defined]
+            if not messages:
+                try:
+                    messages = await self.subscription.fetch(batch=1, timeout=IDLE_FETCH_S)
+                except TimeoutError:  # nats-py raises its own subclass or the builtin one
+                    continue
+                except (ConnectionClosedError, ServiceUnavailableError):
+                    await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
+                    continue
             with contextlib.suppress(ConnectionClosedError, OutboundBufferLimitError):
-                messages += await self._fill(BATCH_MAX - 1, FILL_FETCH_S)
+                messages += await self._fill(BATCH_MAX - len(messages), FILL_FETCH_S)
+                if self.running:
+                    await self._pull(BATCH_MAX)
             if self.running:
                 await self.consume(messages)
             else:  # draining: the next consumer gets them now, not after ack_wait
@@ -408,15 +414,13 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
         task of its own and a timer: 23 → 8 µs of CPU per message (acks included), measured on a
         40k backlog. Uses nats-py's pull-subscription internals (`_sub`, `_nms`, `_deliver`), as
         its `fetch` does; messages arriving after the return stay queued for the next pull."""
-        psub = self.subscription
-        sub = psub._sub  # type: ignore[union-attr]
+        sub = self.subscription._sub  # type: ignore[union-attr]
         queue: asyncio.Queue[Msg] = sub._pending_queue
         taken = _queued_messages(sub, batch)
         needed = batch - len(taken)
         if needed <= 0:
             return taken
-        request = json.dumps({"batch": needed, "no_wait": True}).encode()
-        await self.connection.publish(psub._nms, request, psub._deliver)  # type: ignore[union-attr]
+        await self._pull(needed)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while needed > 0:
@@ -436,6 +440,13 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
             taken.append(message)
             needed -= 1
         return taken
+
+    async def _pull(self, batch: int) -> None:
+        """Ask the server for up to `batch` messages it holds now (a no-wait pull request); they
+        arrive in the subscription's queue, after them a `404` if there were fewer."""
+        psub = self.subscription
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        await self.connection.publish(psub._nms, request, psub._deliver)  # type: ignore[union-attr]
 
     async def release_queued(self) -> None:
         """nak the messages waiting in the pull subscription's queue (delivered after a fetch
