@@ -347,7 +347,7 @@ class Transport(ABC):
         (a publish of its own cost Kafka 42 µs of CPU per message instead of 16)."""
         outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._singles.append((message, outcome))
-        if len(self._singles) == 1:
+        if len(self._singles) == 1:  # the task is kept: the loop holds tasks only weakly
             self._singles_sender = asyncio.create_task(self._publish_singles())
         failure = await outcome
         if failure is not None:
@@ -355,22 +355,17 @@ class Transport(ABC):
 
     async def _publish_singles(self) -> None:
         singles, self._singles = self._singles, []
+        outcomes: Sequence[BaseException | None]
         try:
             outcomes = await self.publish_batch([message for message, _ in singles])
-        except BaseException as exc:  # every caller sees it; a cancellation is re-raised below
+        except BaseException as exc:  # every caller sees it as its outcome
             outcomes = [exc] * len(singles)
             if not isinstance(exc, Exception):
-                self._resolve(singles, outcomes)
-                raise
-        self._resolve(singles, outcomes)
-
-    @staticmethod
-    def _resolve(
-        singles: list[tuple[Outgoing, asyncio.Future[BaseException | None]]], outcomes: Sequence[BaseException | None]
-    ) -> None:
-        for (_, waiter), outcome in zip(singles, outcomes, strict=True):
-            if not waiter.done():
-                waiter.set_result(outcome)
+                raise  # a cancellation: the callers are answered first (finally)
+        finally:
+            for (_, waiter), outcome in zip(singles, outcomes, strict=True):
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
     async def _publish_traced(self, message: Outgoing) -> None:
         """`publish` inside the trace context `message` carries: FastStream's publish span continues it."""
