@@ -8,6 +8,13 @@ marks each sent after the broker confirmed it, and keeps retrying while the brok
 is down (so an HTTP request can be accepted during a broker outage). Each event carries the trace context of
 the transaction that wrote it. A crash between publish and mark may publish
 an event twice; consumers are idempotent by `eventId`.
+
+Flow control: `caught_up()` lets a consumer wait while more than HIGH_WATER events are
+waiting for the relay, so a consumer working through a backlog cannot run ahead of the
+publishing of its outcomes. Without it the relay, which needs several event-loop turns per
+round (select, publish and confirm, delete) while a consumer batch takes one, fell behind:
+the outbox grew by thousands of rows and the outcomes came out seconds late, in one burst
+once the backlog was done.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, Outgoing
+from services.tasks import cancel_and_wait
 from services.tracing import trace_headers
 
 if TYPE_CHECKING:
@@ -28,7 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.outbox")
 
-BATCH = 200
+BATCH = 1024
+"""Events published per relay round (one select, one publish batch, one delete)."""
+HIGH_WATER = BATCH
+"""`caught_up()` waits while more events than this wait for the relay."""
+CATCH_UP_WAIT_S = 1.0
+"""`caught_up()` waits at most this long: a relay that cannot publish (broker down, a channel
+refused) slows the consumers down but does not stop them."""
 IDLE_POLL_S = 1.0
 BROKER_DOWN_BACKOFF_S = 1.0
 
@@ -40,7 +54,13 @@ class Outbox:
         self.table = table
         self._channels = resolve_channel
         self._wakeup = asyncio.Event()
+        self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._added = 0
+        """Events added so far (committed or not)."""
+        self._unpublished = 0
+        """Events waiting for the relay, as far as this process knows: exact after a relay round
+        that emptied the table, counting events of rolled-back transactions until then."""
 
     def ddl(self) -> list[str]:
         return [
@@ -61,21 +81,34 @@ class Outbox:
             f"INSERT INTO {self.table} (channel, msg_key, body, headers) VALUES (?, ?, ?, ?)",
             (channel, event.order_id, event.to_json_bytes().decode(), json.dumps(all_headers)),
         )
+        self._added += 1
+        self._unpublished += 1
 
     def notify(self) -> None:
         """Wake the relay: something was committed."""
         self._wakeup.set()
+
+    async def caught_up(self) -> None:
+        """Return once at most HIGH_WATER events wait for the relay (or after CATCH_UP_WAIT_S, or
+        at once when the relay does not run)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_WAIT_S
+        while self._unpublished > HIGH_WATER and self._task is not None and not self._task.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._relay(), name=f"outbox-relay:{self.table}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def pending(self) -> int:
         row = await self.db.transaction(lambda tx: tx.fetchone(f"SELECT COUNT(*) FROM {self.table} "))
@@ -92,16 +125,21 @@ class Outbox:
                 continue
             if published < BATCH:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
+                    async with asyncio.timeout(IDLE_POLL_S):
+                        await self._wakeup.wait()
 
     async def publish_pending(self) -> int:
         """Publish one batch of unsent events; returns how many were published."""
-        rows = await self.db.transaction(
-            lambda tx: tx.fetchall(
-                f"SELECT id, channel, msg_key, body, headers FROM {self.table} ORDER BY id LIMIT ?",
-                (BATCH,),
+        added_before_select = 0
+
+        def select(tx: Tx) -> list[tuple[Any, ...]]:
+            nonlocal added_before_select
+            added_before_select = self._added  # transactions run one at a time: all of these are settled
+            return tx.fetchall(
+                f"SELECT id, channel, msg_key, body, headers FROM {self.table} ORDER BY id LIMIT ?", (BATCH,)
             )
-        )
+
+        rows = await self.db.transaction(select)
         messages = [
             Outgoing(self._channels.get(channel, channel), body.encode(), key, json.loads(headers))
             for _, channel, key, body, headers in rows
@@ -111,9 +149,17 @@ class Outbox:
         if sent:
             await self.db.transaction(lambda tx: self._forget(tx, sent))
         failures = [o for o in outcomes if o is not None]
+        self._count_published(len(sent), emptied=len(rows) < BATCH and not failures, added_before=added_before_select)
         if failures:
             raise failures[0]
         return len(sent)
+
+    def _count_published(self, sent: int, *, emptied: bool, added_before: int) -> None:
+        if emptied:  # the table held nothing else at the select: only later events wait
+            self._unpublished = self._added - added_before
+        else:
+            self._unpublished = max(self._unpublished - sent, 0)
+        self._progress.set()
 
     def _forget(self, tx: Tx, ids: list[int]) -> None:
         marks = ",".join("?" * len(ids))

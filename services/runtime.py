@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -228,8 +229,18 @@ class Service:
         """`handler` runs once per message, in batches sharing one store transaction (each
         `db.transaction` inside it is a savepoint): see `brokers.base` and `services.store`."""
         self.transport.subscribe(
-            Subscription(self.channel(channel), self.consumer, handler, model, description, batch_scope=self.db.batch)
+            Subscription(
+                self.channel(channel), self.consumer, handler, model, description, batch_scope=self._consumer_batch
+            )
         )
+
+    @asynccontextmanager
+    async def _consumer_batch(self) -> AsyncIterator[None]:
+        """A consumer batch: first wait for the outbox relay to catch up (flow control, see
+        `Outbox.caught_up`), then one store transaction around the batch."""
+        await self.outbox.caught_up()
+        async with self.db.batch():
+            yield
 
     def counter(self, name: str, documentation: str, *labels: str) -> Callable[..., None]:
         """A domain counter on /metrics, labelled with `broker` like every other series;

@@ -18,7 +18,6 @@ service's prefix so several services may share one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import sqlite3
@@ -28,6 +27,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
+
+from services.tasks import cancel_and_wait
 
 T = TypeVar("T")
 log = logging.getLogger("switchboard.store")
@@ -83,10 +84,7 @@ class WalCheckpointer:
         self._task = asyncio.create_task(self._run(), name=f"wal-checkpoint:{self.path}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)  # after a running checkpoint
         self._thread.shutdown(wait=False)
 
