@@ -180,6 +180,16 @@ class Delivery:
     """Set by a broker move that acknowledged or released the message itself (NATS nak)."""
 
 
+@dataclass(eq=False)
+class Failure:
+    """A delivery whose handler raised (or that could not be decoded), for the failure policy."""
+
+    delivery: Delivery
+    exc: Exception
+    described: str
+    """The message as its log lines name it (`_describe`)."""
+
+
 @dataclass
 class DeadLetter:
     """A dead-lettered message as read back from a DLT (for listing and replay)."""
@@ -489,13 +499,13 @@ class Transport(ABC):
         return provider.get_tracer("switchboard.delivery")
 
     async def _run_batch(self, sub: Subscription, batch: list[Delivery], settler: _SettleQueue) -> None:
-        failed: list[tuple[Delivery, Exception]] = []
+        failed: list[Failure] = []
         try:
             async with sub.batch_scope():
                 for delivery in batch:
-                    exc = await self._handle(sub, delivery)
-                    if exc is not None:
-                        failed.append((delivery, exc))
+                    failure = await self._handle(sub, delivery)
+                    if failure is not None:
+                        failed.append(failure)
         except Exception:
             log.exception(
                 "batch of %d message(s) of %s for %s not committed; redelivering it",
@@ -507,25 +517,27 @@ class Transport(ABC):
             return
         await settler.add(lambda: self._finish(sub, batch, failed))
 
-    async def _finish(self, sub: Subscription, batch: list[Delivery], failed: list[tuple[Delivery, Exception]]) -> None:
+    async def _finish(self, sub: Subscription, batch: list[Delivery], failed: list[Failure]) -> None:
         """Hand each failed message to retry/DLT, then settle the batch (its effects are committed)."""
-        outcomes = await asyncio.gather(*(self._on_failure(sub, d, exc) for d, exc in failed), return_exceptions=True)
-        lost = [d for (d, _), outcome in zip(failed, outcomes, strict=True) if isinstance(outcome, BaseException)]
+        outcomes = await asyncio.gather(*(self._on_failure(sub, failure) for failure in failed), return_exceptions=True)
+        lost = [f.delivery for f, outcome in zip(failed, outcomes, strict=True) if isinstance(outcome, BaseException)]
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.error("could not hand a failed message of %s to retry/DLT; redelivering: %s", sub.channel, outcome)
         pending = [d for d in batch if not d.settled]
         await self._settle(sub, [d for d in pending if d not in lost], [d for d in pending if d in lost])
 
-    async def _handle(self, sub: Subscription, delivery: Delivery) -> Exception | None:
+    async def _handle(self, sub: Subscription, delivery: Delivery) -> Failure | None:
         """Run the handler on one message inside a consumer span continuing the message's trace;
-        returns the failure instead of raising it."""
+        returns the failure instead of raising it. Logs one line per handled message (a failed
+        one gets its line from `_on_failure`, naming what became of it)."""
+        event = None
         with self._span(sub, delivery):
             try:
                 event = sub.adapter.validate_json(delivery.body)
                 await sub.handler(event)
             except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
-                return exc
+                return Failure(delivery, exc, _describe(sub, delivery.attempt, event))
             events_log.info("handled %s", _describe(sub, delivery.attempt, event))
         return None
 
@@ -541,33 +553,32 @@ class Transport(ABC):
             },
         )
 
-    async def _on_failure(self, sub: Subscription, delivery: Delivery, exc: Exception) -> None:
+    async def _on_failure(self, sub: Subscription, failure: Failure) -> None:
+        delivery, exc = failure.delivery, failure.exc
         with continued_trace(delivery.headers):
             attempt = delivery.attempt
             if not is_poison(exc) and attempt < self.policy.max_attempts:
                 delay_ms = self.policy.delay_ms_before(attempt + 1)
-                log.warning(
-                    "retrying %s for %s in %d ms (attempt %d/%d failed: %s: %s)",
-                    sub.channel,
-                    sub.consumer,
+                events_log.warning(
+                    "retrying in %d ms, attempt %d of %d failed: %s: %s; %s",
                     delay_ms,
                     attempt,
                     self.policy.max_attempts,
                     type(exc).__name__,
                     exc,
+                    failure.described,
                 )
                 await self._schedule_retry(sub, delivery, attempt + 1, delay_ms)
                 self.metrics.retry_scheduled(sub.channel, sub.consumer)
                 return
             reason = REASON_POISON if is_poison(exc) else REASON_EXHAUSTED
-            log.error(
-                "dead-lettering message of %s for %s (%s after %d attempt(s)): %s: %s",
-                sub.channel,
-                sub.consumer,
+            events_log.error(
+                "dead-lettering (%s after %d attempt(s)): %s: %s; %s",
                 reason,
                 attempt,
                 type(exc).__name__,
                 exc,
+                failure.described,
             )
             await self._dead_letter(sub, delivery, dead_letter_headers(sub, exc, attempt))
             self.metrics.dead_lettered(sub.channel, sub.consumer, reason)

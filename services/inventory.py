@@ -117,7 +117,7 @@ def _decide(tx: Tx, event: OrderCreated) -> str | None:
 
 async def reserve_stock(event: OrderCreated) -> None:
     """Reserve the order's stock and publish the outcome."""
-    log.info("InventoryService received order: %s", event.order_id)
+    log.debug("InventoryService received order: %s", event.order_id)  # the transport logs each outcome
     failing = service.settings.failing_products.intersection(item.product_id for item in event.items)
     if failing:
         raise DemoFailure(f"demo failure for product(s) {', '.join(sorted(failing))} in order {event.order_id}")

@@ -38,8 +38,13 @@ async def dead_letters_of(raw: RawClient, system: System, order_id: str, count: 
     return await eventually(probe, lambda found: len(found) >= count, what=f"{count} dead letter(s) of {order_id}")
 
 
+def failed_attempts(system: System, order_id: str) -> list[tuple[datetime, str]]:
+    """The inventory's line for each failed attempt at the order (retried or dead-lettered)."""
+    return system.delivery_lines("inventory", "order-events", order_id, "retrying", "dead-lettering")
+
+
 def handler_runs(system: System, order_id: str) -> list[datetime]:
-    return [t for t, _ in system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")]
+    return [t for t, _ in failed_attempts(system, order_id)]
 
 
 async def test_failing_order_is_retried_with_backoff_then_dead_lettered(system: System, raw: RawClient) -> None:
@@ -51,8 +56,13 @@ async def test_failing_order_is_retried_with_backoff_then_dead_lettered(system: 
 
     [letter] = await dead_letters_of(raw, system, order_id)
     assert trace_id in letter.headers["traceparent"]
-    received = system.services["inventory"].log_lines(f"InventoryService received order: {order_id}")
-    assert all(f"[trace={trace_id}]" in line for _, line in received)
+    attempts = failed_attempts(system, order_id)
+    assert all(f"[trace={trace_id}]" in line for _, line in attempts)
+    assert [line.split("] ", 1)[1].split(" ", 1)[0] for _, line in attempts] == [
+        "retrying",
+        "retrying",
+        "dead-lettering",
+    ]
     runs = handler_runs(system, order_id)
     assert len(runs) == 3
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(runs)]

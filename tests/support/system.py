@@ -148,6 +148,18 @@ class System:
     def channel(self, name: str) -> str:
         return f"{self.namespace}.{name}"
 
+    def delivery_lines(self, service: str, channel: str, order_id: str, *outcomes: str) -> list[tuple[datetime, str]]:
+        """(timestamp, line) of the line `service` logs for each delivery of `order_id`'s messages
+        on `channel` (a contract name) whose outcome is one of `outcomes` (`handled`,
+        `retrying`, `dead-lettering`; default: all three)."""
+        wanted = outcomes or ("handled", "retrying", "dead-lettering")
+        described = f"channel={self.channel(channel)} "
+        return [
+            (t, line)
+            for t, line in self.services[service].log_lines(f"orderId={order_id} ")
+            if described in line and any(f"] {outcome} " in line for outcome in wanted)
+        ]
+
     def url(self, service: str, path: str) -> str:
         return f"http://127.0.0.1:{self.services[service].port}{path}"
 
