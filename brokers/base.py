@@ -45,7 +45,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 from faststream import BaseMiddleware, Context
 from faststream.prometheus.types import PublishingStatus
@@ -62,9 +62,11 @@ if TYPE_CHECKING:
 
     from brokers.metrics import DeliveryMetrics
 
+T = TypeVar("T")
 log = logging.getLogger("switchboard.delivery")
 events_log = logging.getLogger("switchboard.events")
-"""One line per handled message: channel, consumer, attempt, orderId, eventId, eventType."""
+"""One line per delivery, naming its outcome (handled, retrying, dead-lettering) and the message:
+channel, consumer, attempt, orderId, eventId, eventType."""
 _PROPAGATED_FIELDS = frozenset(propagate.get_global_textmap().fields)
 
 DLT_SUFFIX = ".DLT"
@@ -83,7 +85,7 @@ MAX_EXCEPTION_MESSAGE = 1000
 LAG_REFRESH_S = 1.0
 BATCH_MAX = 256
 """Most messages handled in one batch (one store transaction, one acknowledgement round)."""
-MAX_UNSETTLED_BATCHES = 4
+MAX_UNSETTLED_BATCHES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,17 +515,23 @@ class Transport(ABC):
                 sub.channel,
                 sub.consumer,
             )
-            await settler.add(lambda: self._settle(sub, [], [d for d in batch if not d.settled]))
+            await settler.add(_nothing_lost, lambda _: self._settle(sub, [], [d for d in batch if not d.settled]))
             return
-        await settler.add(lambda: self._finish(sub, batch, failed))
+        await settler.add(lambda: self._hand_off(sub, failed), lambda lost: self._settle_batch(sub, batch, lost))
 
-    async def _finish(self, sub: Subscription, batch: list[Delivery], failed: list[Failure]) -> None:
-        """Hand each failed message to retry/DLT, then settle the batch (its effects are committed)."""
+    async def _hand_off(self, sub: Subscription, failed: list[Failure]) -> list[Delivery]:
+        """Hand each failed message to retry/DLT; returns the ones that could not be handed on."""
+        if not failed:
+            return []
         outcomes = await asyncio.gather(*(self._on_failure(sub, failure) for failure in failed), return_exceptions=True)
         lost = [f.delivery for f, outcome in zip(failed, outcomes, strict=True) if isinstance(outcome, BaseException)]
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 log.error("could not hand a failed message of %s to retry/DLT; redelivering: %s", sub.channel, outcome)
+        return lost
+
+    async def _settle_batch(self, sub: Subscription, batch: list[Delivery], lost: list[Delivery]) -> None:
+        """Settle a batch whose effects are committed: `lost` (not handed on) comes again."""
         pending = [d for d in batch if not d.settled]
         await self._settle(sub, [d for d in pending if d not in lost], [d for d in pending if d in lost])
 
@@ -655,18 +663,21 @@ class _Batcher:
 
 
 class _SettleQueue:
-    """Finishes one subscription's batches in order, in the background: a batch's failed
-    messages go to retry/DLT (broker round trips) and its messages are acknowledged while the
-    next batch is already handled. Order matters: Kafka commits offsets, and a later batch's
-    commit must not pass an earlier batch's record that is still being handed on. At most
-    MAX_UNSETTLED_BATCHES wait; beyond that the consumer waits for the oldest."""
+    """Finishes one subscription's batches in the background while the next batch is handled:
+    first the hand-off of a batch's failed messages to retry/DLT (broker round trips), which
+    starts at once, alongside earlier batches' hand-offs; then the batch's acknowledgement,
+    strictly in batch order: Kafka commits offsets, and a later batch's commit must not pass
+    an earlier batch's record that is still being handed on. (Hand-offs that waited for the
+    previous batch's settlement, one round trip each, stalled the consumer: 0.8 s of a 2.5 s
+    Kafka run with 10 % failing.) At most MAX_UNSETTLED_BATCHES wait; beyond that the
+    consumer waits for the oldest."""
 
     def __init__(self) -> None:
         self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
 
-    async def add(self, finish: Callable[[], Awaitable[None]]) -> None:
+    async def add(self, hand_off: Callable[[], Awaitable[T]], settle: Callable[[T], Awaitable[None]]) -> None:
         previous = self._tasks[-1] if self._tasks else None
-        self._tasks.append(asyncio.create_task(self._after(previous, finish)))
+        self._tasks.append(asyncio.create_task(self._after(previous, hand_off, settle)))
         while self._tasks and self._tasks[0].done():
             self._tasks.popleft()
         while len(self._tasks) > MAX_UNSETTLED_BATCHES:
@@ -678,13 +689,22 @@ class _SettleQueue:
             await asyncio.wait([self._tasks[-1]])
 
     @staticmethod
-    async def _after(previous: asyncio.Task[None] | None, finish: Callable[[], Awaitable[None]]) -> None:
-        if previous is not None:
-            await previous
+    async def _after(
+        previous: asyncio.Task[None] | None,
+        hand_off: Callable[[], Awaitable[T]],
+        settle: Callable[[T], Awaitable[None]],
+    ) -> None:
         try:
-            await finish()
+            handed = await hand_off()
+            if previous is not None:
+                await asyncio.wait([previous])
+            await settle(handed)
         except Exception:  # unsettled messages come again (redelivery); handlers are idempotent
             log.exception("settling a batch failed; its messages will be redelivered")
+
+
+async def _nothing_lost() -> list[Delivery]:
+    return []
 
 
 async def confirmations(
