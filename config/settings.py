@@ -6,7 +6,7 @@ localhost so a fresh checkout runs without configuration.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -84,8 +84,9 @@ class Settings(BaseSettings):
         """The broker-level name of a contract channel, namespaced when configured."""
         return f"{self.channel_namespace}.{name}" if self.channel_namespace else name
 
-    @property
+    @cached_property
     def failing_products(self) -> frozenset[str]:
+        """FAIL_PRODUCT_IDS as a set (asked for every order the inventory handles)."""
         return frozenset(p.strip() for p in self.fail_product_ids.split(",") if p.strip())
 
 
