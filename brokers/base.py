@@ -550,6 +550,11 @@ class Transport(ABC):
         return None
 
     def _span(self, sub: Subscription, delivery: Delivery) -> Any:
+        """The consumer span around one message, in the trace its headers carry. Without a tracer
+        provider (spans are not exported) only that context is attached: the same trace id for
+        log lines and for the events the handler writes, without a non-recording span per message."""
+        if self.observability.tracer_provider is None:
+            return continued_trace(delivery.headers)
         return self._tracer.start_as_current_span(
             f"{sub.channel} process",
             context=carried_context(delivery.headers),
