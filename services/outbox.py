@@ -91,15 +91,10 @@ class Outbox:
     async def caught_up(self) -> None:
         """Return once at most HIGH_WATER events wait for the relay (or after CATCH_UP_WAIT_S, or
         at once when the relay does not run)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_WAIT_S
-        while self._unpublished > HIGH_WATER and self._task is not None and not self._task.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CATCH_UP_WAIT_S):
+                while self._unpublished > HIGH_WATER and self._task is not None and not self._task.done():
+                    self._progress.clear()
                     await self._progress.wait()
 
     def start(self) -> None:

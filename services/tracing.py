@@ -63,7 +63,7 @@ class TraceIdFilter(logging.Filter):
 
 class LineFormatter(logging.Formatter):
     """LOG_FORMAT, written out: the same text as `logging.Formatter(LOG_FORMAT)` (the unit
-    tests compare them), for about half its cost. A handled message logs two lines, and the
+    tests compare them), for about half its cost. Every handled message logs a line, and the
     generic formatter re-renders the date with `strftime` and interpolates a dict for each.
     Here the date is rendered once per second."""
 
