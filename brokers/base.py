@@ -491,6 +491,11 @@ class Transport(ABC):
         self._draining = True
         for subscriber in self._broker.subscribers:
             subscriber.running = False
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Return once every batch handed to the handlers so far is handled and settled
+        (acknowledged, or on Kafka its offsets marked for commit)."""
         for batcher, settler in self._pipelines:
             await batcher.idle()
             await settler.idle()
