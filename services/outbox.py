@@ -44,6 +44,12 @@ CATCH_UP_WAIT_S = 1.0
 """`caught_up()` waits at most this long: a relay that cannot publish (broker down, a channel
 refused) slows the consumers down but does not stop them."""
 IDLE_POLL_S = 1.0
+RELAY_LINGER_S = 0.003
+"""After a round of fewer than LINGER_BELOW events, the relay, once woken, lets the events
+committed within this long join its next round: at moderate rates each event would otherwise
+get a round (select, publish and confirm, delete) of its own. Under load rounds are large and
+follow each other without it (a pause there would leave the consumers waiting for the relay)."""
+LINGER_BELOW = 16
 BROKER_DOWN_BACKOFF_S = 1.0
 
 
@@ -122,6 +128,8 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(IDLE_POLL_S):
                         await self._wakeup.wait()
+                if published < LINGER_BELOW:
+                    await asyncio.sleep(RELAY_LINGER_S)
 
     async def publish_pending(self) -> int:
         """Publish one batch of unsent events; returns how many were published."""

@@ -2,9 +2,10 @@
 
 Contract: `Database.transaction(fn)` runs `fn(tx)` in one database transaction,
 one transaction at a time per process, and commits only if `fn` returns (SQLite
-runs on the event loop's thread, PostgreSQL in a worker thread). On SQLite, calls
-made in the same event-loop turn share one COMMIT (group commit, each `fn` in its own
-savepoint): each still commits or fails on its own, and returns only once durable. Inside
+runs on the event loop's thread, PostgreSQL in a worker thread). On SQLite, calls made in
+the same event-loop turn, or within the first one's `join_window_s`, share one COMMIT (group
+commit, each `fn` in its own savepoint): each still commits or fails on its own, and returns
+only once durable. Inside
 `async with db.batch():` (a consumer batch) every `transaction(fn)` of the same task
 is a savepoint of one outer transaction instead: `fn`'s changes vanish alone if it
 raises, and all the others are committed together when the block exits (or all rolled
@@ -185,26 +186,28 @@ class Database:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, join_window_s: float = 0.0) -> T:
+        """`join_window_s`: on SQLite, a group commit started by this call waits that long for
+        other transactions to share its COMMIT (for callers that are often concurrent)."""
         if _in_batch.get() is self:
             return await self._call(self._run_savepoint, fn)
         if self.dialect == "sqlite":
-            return await self._group_commit(fn)
+            return await self._group_commit(fn, join_window_s)
         async with self._busy:
             return await self._call(self._run, fn)
 
-    async def _group_commit(self, fn: Callable[[Tx], T]) -> T:
-        """Transactions asked for in the same event-loop turn (concurrent HTTP requests) run as
+    async def _group_commit(self, fn: Callable[[Tx], T], join_window_s: float) -> T:
+        """Transactions asked for in the same loop turn or join window (concurrent HTTP requests) run as
         savepoints of one transaction and share its COMMIT; each still fails alone, and runs in
         its caller's context (trace context, for the events it writes), not the committer's."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((fn, done, contextvars.copy_context()))
         if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued())
+            self._committer = asyncio.create_task(self._commit_queued(join_window_s))
         return await done
 
-    async def _commit_queued(self) -> None:
-        await asyncio.sleep(0)  # let the requests of this loop turn queue up
+    async def _commit_queued(self, join_window_s: float) -> None:
+        await asyncio.sleep(join_window_s)  # let concurrent requests queue up
         while self._queued:
             group, self._queued = self._queued, []
             outcomes: list[tuple[bool, Any]] = []
