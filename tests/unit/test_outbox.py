@@ -15,6 +15,7 @@ from services import outbox as outbox_module
 from services.events import InventoryRejected
 from services.outbox import HIGH_WATER, Outbox
 from services.store import Database, Tx
+from tests.support.system import eventually
 
 STOP_TIMEOUT_S = 10
 
@@ -99,3 +100,41 @@ async def test_events_of_rolled_back_transactions_stop_counting_after_a_relay_ro
         box.notify()
         await asyncio.wait_for(box.caught_up(), 10)
         assert transport.published == []
+
+
+class RoundRecordingTransport(GatedTransport):
+    """Confirms at once; records the size of each relay round."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open.set()
+        self.rounds: list[int] = []
+
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        self.rounds.append(len(messages))
+        return await super().publish_batch(messages)
+
+
+async def test_after_a_tiny_round_events_committed_shortly_after_share_the_next_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "RELAY_LINGER_S", 0.5)
+    transport = RoundRecordingTransport()
+    async with running_outbox(tmp_path, transport) as (db, box):
+        await eventually(  # the relay's first round found nothing: it waits for work
+            lambda: asyncio.sleep(0, list(transport.rounds)), lambda rounds: rounds == [0], timeout=10, what="idle"
+        )
+        await db.transaction(add_events(box, 1))
+        box.notify()
+        for _ in range(5):  # a few loop turns later, as the next order of a moderate stream
+            await asyncio.sleep(0)
+        await db.transaction(add_events(box, 1))
+        box.notify()
+        await eventually(
+            lambda: asyncio.sleep(0, len(transport.published)),
+            lambda published: published >= 2,
+            timeout=10,
+            what="both events published",
+        )
+
+    assert transport.rounds == [0, 2]

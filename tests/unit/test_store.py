@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from services.store import Database, Tx
 from tests.support.system import eventually
@@ -34,5 +37,35 @@ async def test_committed_pages_reach_the_database_file_without_a_commit_checkpoi
             what="the rows copied from the WAL into the database file",
         )
         assert await db.transaction(lambda tx: tx.fetchone("SELECT COUNT(*) FROM t")) == (ROWS,)
+    finally:
+        await db.close()
+
+
+async def test_transactions_within_the_first_ones_join_window_share_its_commit_and_fail_alone(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'group.db'}")
+    await db.connect(["CREATE TABLE t (k TEXT PRIMARY KEY)"])
+    statements: list[str] = []
+    db._connection().set_trace_callback(statements.append)
+
+    def insert(key: str) -> Callable[[Tx], int]:
+        return lambda tx: tx.execute("INSERT INTO t (k) VALUES (?)", (key,))
+
+    def insert_then_fail(tx: Tx) -> None:
+        tx.execute("INSERT INTO t (k) VALUES ('b')")
+        raise ValueError("refused")
+
+    try:
+        first = asyncio.create_task(db.transaction(insert("a"), join_window_s=0.5))
+        await asyncio.sleep(0.01)  # the others come a few loop turns later, as concurrent POSTs do
+        second = asyncio.create_task(db.transaction(insert_then_fail))
+        third = asyncio.create_task(db.transaction(insert("c")))
+        async with asyncio.timeout(5):
+            await first
+            await third
+            with pytest.raises(ValueError, match="refused"):
+                await second
+
+        assert statements.count("COMMIT") == 1
+        assert await db.transaction(lambda tx: tx.fetchall("SELECT k FROM t ORDER BY k")) == [("a",), ("c",)]
     finally:
         await db.close()
