@@ -87,8 +87,10 @@ BATCH_MAX = 256
 """Most messages handled in one batch (one store transaction, one acknowledgement round)."""
 MAX_UNSETTLED_BATCHES = 8
 BATCH_LINGER_S = 0.002
-"""A batch that starts with fewer than LINGER_BELOW messages waits this long for more before it
-runs (as Kafka producers linger to fill a batch). At moderate rates each message would
+"""A batch that starts with fewer than LINGER_BELOW messages waits this long before it runs
+(as Kafka producers linger to fill a batch): concurrent submissions join it, and since the
+subscription reads nothing meanwhile, what arrives waits in the client (or the RabbitMQ
+intake) and makes the next batch that much bigger. At moderate rates each message would
 otherwise be a batch of its own, paying alone for a store transaction, an acknowledgement
 and a relay round; under load batches start full and never wait."""
 LINGER_BELOW = 16
