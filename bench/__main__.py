@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import BROKERS, DEFAULT_URLS, PORT_BASE, ROOT, jsonable, namespace, spread
+from bench.common import BROKERS, DEFAULT_URLS, PORT_BASE, ROOT, jsonable, namespace, run_on_uvloop, spread
 from bench.load import have_wrk
 from bench.procs import stop_all
 from bench.raw import raw_broker
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        results = asyncio.run(amain(args, workdir))
+        results = run_on_uvloop(amain(args, workdir))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.common import run_on_uvloop
+
 LUA = Path(__file__).with_name("post_orders.lua")
 ROOT = LUA.parents[1]
 REQUEST_TIMEOUT_S = 10.0
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         coro = open_loop(args.url, args.rate, args.duration, args.connections, args.prefix, args.products)
     else:
         coro = closed_loop(args.url, args.duration, args.connections, args.prefix, args.products)
-    result = asyncio.run(asyncio.wait_for(coro, args.duration + 60))
+    result = run_on_uvloop(asyncio.wait_for(coro, args.duration + 60))
     Path(args.out).write_text(json.dumps(result))
 
 
