@@ -384,7 +384,7 @@ class _CommitGate(ConsumerRebalanceListener):  # type: ignore[misc]
     finished and settled (at most REVOKE_SETTLE_S), and everything settled is committed in the
     revocation, with the generation still valid: the partitions' next owner starts after them
     instead of handling them again (measured before: each start of the inventory service on a
-    backlog handled a batch of 1,024 records twice, at the join of its second subscriber).
+    backlog handled the 1,024 records in flight twice, at the join of its second subscriber).
     Offsets settled later wait for the new assignment."""
 
     def __init__(self, settled: Callable[[], Awaitable[None]]) -> None:
