@@ -94,6 +94,8 @@ intake) and makes the next batch that much bigger. At moderate rates each messag
 otherwise be a batch of its own, paying alone for a store transaction, an acknowledgement
 and a relay round; under load batches start full and never wait."""
 LINGER_BELOW = 16
+"""Below this many messages (a batch) or events (a relay round) the work is small enough to
+wait for company: the outbox relay lingers by the same measure."""
 
 
 @dataclass(frozen=True, slots=True)

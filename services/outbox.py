@@ -25,7 +25,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, Outgoing
+from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, LINGER_BELOW, Outgoing
 from services.tasks import cancel_and_wait
 from services.tracing import trace_headers
 
@@ -49,7 +49,6 @@ RELAY_LINGER_S = 0.003
 committed within this long join its next round: at moderate rates each event would otherwise
 get a round (select, publish and confirm, delete) of its own. Under load rounds are large and
 follow each other without it (a pause there would leave the consumers waiting for the relay)."""
-LINGER_BELOW = 16
 BROKER_DOWN_BACKOFF_S = 1.0
 
 
