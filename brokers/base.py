@@ -665,7 +665,7 @@ class _Batcher:
         return taken
 
     async def _drain(self) -> None:
-        # deliveries arriving meanwhile join this batch; a small one waits a little for company
+        # submissions made meanwhile join this batch; a small one waits BATCH_LINGER_S for company
         waiting = sum(len(deliveries) for deliveries, _ in self._waiting)
         await asyncio.sleep(BATCH_LINGER_S if waiting < LINGER_BELOW else 0)
         while self._waiting:

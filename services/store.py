@@ -5,10 +5,9 @@ one transaction at a time per process, and commits only if `fn` returns (SQLite
 runs on the event loop's thread, PostgreSQL in a worker thread). On SQLite, calls made in
 the same event-loop turn, or within the first one's `join_window_s`, share one COMMIT (group
 commit, each `fn` in its own savepoint): each still commits or fails on its own, and returns
-only once durable. Inside
-`async with db.batch():` (a consumer batch) every `transaction(fn)` of the same task
-is a savepoint of one outer transaction instead: `fn`'s changes vanish alone if it
-raises, and all the others are committed together when the block exits (or all rolled
+only once durable. Inside `async with db.batch():` (a consumer batch) every `transaction(fn)`
+of the same task is a savepoint of one outer transaction instead: `fn`'s changes vanish alone
+if it raises, and all the others are committed together when the block exits (or all rolled
 back if the block raises). Other tasks wait for the batch to end.
 
 SQL is written once with `?` placeholders and portable statements
