@@ -26,12 +26,21 @@ blocking retries, which stall the whole partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -58,11 +67,11 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.nodes import kafka_bootstrap_servers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from aiokafka import AIOKafkaProducer
     from faststream.kafka.publisher.usecase import DefaultPublisher
     from faststream.message import StreamMessage
 
@@ -82,10 +91,9 @@ and handled in one batch (each resume re-fetches from the rewound offset); retri
 up to this much later than due."""
 INTERNAL_HEADERS = ("content-type", "correlation_id", DUE_HEADER)
 PRODUCER_BATCH_BYTES = 256 * 1024
-"""Per-partition producer buffer. The outbox relay sends up to 200 events at once; with
-aiokafka's 16 KiB default a send found its batch full every ~40 events and waited for the
-sender (measured: +24 % consumer path, +28 % with 10 % failing). Stays under the broker's
-1 MiB message limit."""
+"""Per-partition producer buffer: the outbox relay sends up to 1,024 events at once, and with
+aiokafka's 16 KiB default a send finds its batch full every ~40 events and waits for the
+sender. Stays under the broker's 1 MiB message limit."""
 HEARTBEAT_INTERVAL_MS = 500
 """A service's subscribers share its group id (CONTRACT.md) but read different topics, so each
 one that joins rebalances the group, and the members learn of it only at their next heartbeat:
@@ -93,6 +101,13 @@ at aiokafka's default (3 s) the notification service needed 15 s to start."""
 SESSION_TIMEOUT_MS = 6000
 """How long the group waits for a member that vanished (killed, or stopped in the middle of
 joining) before its partitions move: the broker's minimum, not aiokafka's 10 s default."""
+FATAL_PRODUCER_ERRORS = (
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerClosed,
+)
 REVOKE_SETTLE_S = 5.0
 """How long a revocation waits for the batches in flight to be handled and settled (a batch
 takes ~0.1 s); the group's rebalance waits for it meanwhile."""
@@ -113,10 +128,11 @@ class KafkaTransport(Transport):
         self._gates: dict[str, _CommitGate] = {}
         self._offsets_client: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        self._sender = _Sender(self.bootstrap_servers)
 
     def _build_broker(self) -> KafkaBroker:
         return KafkaBroker(
-            self.url,
+            self.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
             max_batch_size=PRODUCER_BATCH_BYTES,
@@ -197,7 +213,7 @@ class KafkaTransport(Transport):
         )
 
     async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        producer = self._producer()
+        producer = await self._sender.producer()
         sends: list[Any] = []
         for m in messages:  # in order: one key's records reach its partition's batch in order
             try:
@@ -210,11 +226,14 @@ class KafkaTransport(Transport):
                 sends.append(exc)
         # no timeout of ours: a send we stopped waiting for stays in aiokafka's batch and would
         # reach the topic next to the outbox's re-send; aiokafka fails it once it expires
-        return await confirmations(sends, timeout_s=None)
+        outcomes = await confirmations(sends, timeout_s=None)
+        await self._sender.replace_if_broken(outcomes)
+        return outcomes
 
-    def _producer(self) -> AIOKafkaProducer:
-        """The aiokafka producer FastStream 0.7 publishes with (acks=all, idempotent)."""
-        return self._broker.config.producer._producer.producer  # type: ignore[attr-defined,no-any-return]
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """BROKER_URL's node list (`brokers.nodes`)."""
+        return kafka_bootstrap_servers(self.url)
 
     def _group(self, consumer: str) -> str:
         """The consumer's group id: its contract name, namespaced when channels are."""
@@ -295,8 +314,8 @@ class KafkaTransport(Transport):
     # --- lag -----------------------------------------------------------------------
     async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
         if self._offsets_client is None or self._admin is None:
-            offsets = AIOKafkaConsumer(bootstrap_servers=self.url, enable_auto_commit=False)
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.url)
+            offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
             await offsets.start()
             await admin.start()
             self._offsets_client, self._admin = offsets, admin
@@ -322,6 +341,7 @@ class KafkaTransport(Transport):
         return waiting
 
     async def stop_extras(self) -> None:
+        await self._sender.stop()
         for client in (self._offsets_client, self._admin):
             if client is not None:
                 await client.close() if isinstance(client, AIOKafkaAdminClient) else await client.stop()
@@ -333,7 +353,11 @@ class KafkaTransport(Transport):
         whose messages fail again must not pick up its own new dead letters."""
         dlt = channel + ".DLT"
         consumer = AIOKafkaConsumer(
-            dlt, bootstrap_servers=self.url, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+            dlt,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         await consumer._client.force_metadata_update()
@@ -372,6 +396,54 @@ class KafkaTransport(Transport):
         finally:
             await consumer.stop()
         return letters
+
+
+class _Sender:
+    """The producer `publish_batch` sends with (acks=all, idempotent), created on first use. An
+    idempotent producer that meets a fatal error (e.g. `OutOfOrderSequenceNumber` after a partition
+    leader was lost) fails every later send, so it is replaced (a new producer id) before the next."""
+
+    def __init__(self, bootstrap_servers: list[str]) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,
+                    max_batch_size=PRODUCER_BATCH_BYTES,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def replace_if_broken(self, outcomes: Sequence[BaseException | None]) -> None:
+        fatal = next((o for o in outcomes if is_fatal_producer_error(o)), None)
+        if fatal is None or self._producer is None:
+            return
+        log.warning("Kafka producer failed for good (%s: %s); a new one sends from now on", type(fatal).__name__, fatal)
+        broken, self._producer = self._producer, None
+        with contextlib.suppress(Exception):
+            await broken.stop()
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+
+def is_fatal_producer_error(outcome: BaseException | None) -> bool:
+    """An error after which the producer sends nothing more: a broken idempotence sequence or
+    epoch, or its sender task died (aiokafka then wraps the cause in a bare `KafkaError`)."""
+    return isinstance(outcome, FATAL_PRODUCER_ERRORS) or type(outcome) is KafkaError
 
 
 class _CommitGate(ConsumerRebalanceListener):  # type: ignore[misc]

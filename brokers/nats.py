@@ -57,6 +57,7 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.nodes import nats_servers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -109,7 +110,7 @@ class NatsTransport(Transport):
 
     def _build_broker(self) -> NatsBroker:
         return NatsBroker(
-            self.url,
+            nats_servers(self.url),
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             **self.broker_options(NatsPrometheusMiddleware, NatsTelemetryMiddleware),
@@ -397,6 +398,10 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
                     continue
                 except (ConnectionClosedError, ServiceUnavailableError):
                     await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. a stream or consumer leader being elected
+                    log.warning("JetStream pull failed, pulling again: %s: %s", type(exc).__name__, exc)
+                    await asyncio.sleep(RECONNECT_WAIT_S)
                     continue
             with contextlib.suppress(ConnectionClosedError, OutboundBufferLimitError):
                 messages += await self._fill(BATCH_MAX - len(messages), FILL_FETCH_S)

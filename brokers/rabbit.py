@@ -66,6 +66,8 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.nodes import rabbit_node_urls
+from brokers.rabbit_failover import NodeFailover
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -77,6 +79,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.rabbit")
 
 CRASH_LOOP_DELIVERY_LIMIT = 10
+RECONNECT_INTERVAL_S = 1.0
+"""Pause between reconnection attempts after a lost connection (aio-pika's default is 5 s)."""
 PERSISTENT = 2
 """AMQP delivery mode of a message the broker writes to disk."""
 PREFETCH = 2 * BATCH_MAX
@@ -215,8 +219,11 @@ class RabbitTransport(Transport):
         self._dead_letter_channels: set[str] = set()
 
     def _build_broker(self) -> RabbitBroker:
+        failover = NodeFailover(rabbit_node_urls(self.url))
         return RabbitBroker(
-            self.url,
+            failover.initial(),
+            on_close=[failover.on_close],
+            reconnect_interval=RECONNECT_INTERVAL_S,
             default_channel=Channel(prefetch_count=PREFETCH),
             **self.broker_options(RabbitMetricsMiddleware, RabbitTelemetryMiddleware),
         )

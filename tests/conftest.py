@@ -9,12 +9,13 @@ the system's channels carry a per-run namespace.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.support.raw import RawClient, raw_client
-from tests.support.system import System, brokers_script
+from tests.support.system import ROOT, System, brokers_script, free_port
 
 BROKERS = [b for b in os.environ.get("TEST_BROKERS", "kafka,rabbit,nats").split(",") if b]
 
@@ -47,3 +48,12 @@ async def raw(broker: str, brokers_running: None) -> AsyncIterator[RawClient]:
     await client.connect()
     yield client
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """Our PostgreSQL server's URL (no database); started on a free port if it is not running yet."""
+    env = {**os.environ, "PG_PORT": str(free_port(range(55432, 55532)))}
+    subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "start"], check=True, env=env)
+    out = subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "url"], check=True, capture_output=True, text=True)
+    return out.stdout.strip().rsplit("/", 1)[0]

@@ -7,8 +7,6 @@ test functions as on SQLite, called with this system.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -16,18 +14,9 @@ import pytest
 
 from tests.contract import test_failures, test_orders, test_saga
 from tests.support.raw import RawClient
-from tests.support.system import BASE_PORT, ROOT, System, free_port, uid
+from tests.support.system import BASE_PORT, System, uid
 
 pytestmark = pytest.mark.contract
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """Our cluster's server URL; started on a free port if it is not running yet."""
-    env = {**os.environ, "PG_PORT": str(free_port(range(55432, 55532)))}
-    subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "start"], check=True, env=env)
-    out = subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "url"], check=True, capture_output=True, text=True)
-    return out.stdout.strip().rsplit("/", 1)[0]
 
 
 @pytest.fixture(scope="session")
