@@ -132,7 +132,7 @@ class Observability:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how late a failed message is redelivered (see CONTRACT.md)."""
+    """How often and how late a failed message is redelivered (see docs/contract.md)."""
 
     max_attempts: int = 3
     delay_ms: int = 2000
@@ -239,7 +239,7 @@ def is_poison(exc: BaseException) -> bool:
 
 
 def dead_letter_headers(sub: Subscription, exc: BaseException, attempts: int) -> dict[str, str]:
-    """The envelope every broker puts on a dead-lettered message (CONTRACT.md)."""
+    """The envelope every broker puts on a dead-lettered message (docs/contract.md)."""
     message = str(exc).replace("\r", " ").replace("\n", " ")[:MAX_EXCEPTION_MESSAGE]
     return {
         H_ORIGINAL_DESTINATION: sub.channel,

@@ -95,7 +95,7 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 aiokafka's 16 KiB default a send finds its batch full every ~40 events and waits for the
 sender. Stays under the broker's 1 MiB message limit."""
 HEARTBEAT_INTERVAL_MS = 500
-"""A service's subscribers share its group id (CONTRACT.md) but read different topics, so each
+"""A service's subscribers share its group id (docs/contract.md) but read different topics, so each
 one that joins rebalances the group, and the members learn of it only at their next heartbeat:
 at aiokafka's default (3 s) the notification service needed 15 s to start."""
 SESSION_TIMEOUT_MS = 6000

@@ -17,7 +17,7 @@ Native mapping of the shared policy:
   One delay queue per distinct delay, so TTL expiry is never stuck behind a longer
   one. (`x-death` is not used for counting: its semantics changed in 3.13/4.0.)
 * dead letter → the fanout exchange `<channel>.DLT`, bound to the durable queue
-  `<channel>.DLT` (what CONTRACT.md names; listed and replayed from) and to one
+  `<channel>.DLT` (what docs/contract.md names; listed and replayed from) and to one
   queue per dead-letter listener, so listening never takes a message off the DLT.
   The consumer queue's `x-delivery-limit` also dead-letters there, as a guard
   against crash loops that never reach our code.

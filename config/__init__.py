@@ -1,4 +1,4 @@
-"""Configuration: one `Settings` object read from the environment (see CONTRACT.md)."""
+"""Configuration: one `Settings` object read from the environment (see docs/contract.md)."""
 
 from config.settings import Settings, get_settings
 

@@ -1,4 +1,4 @@
-"""The events of CONTRACT.md, as pydantic models (JSON field names in camelCase).
+"""The events of docs/contract.md, as pydantic models (JSON field names in camelCase).
 
 Every event carries `eventType`, `eventId` (UUID), `schemaVersion`, `occurredAt`
 (RFC 3339) and `orderId`. Consumers validate bodies into these models; a body that

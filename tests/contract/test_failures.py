@@ -1,4 +1,4 @@
-"""CONTRACT.md, failure handling: retries, dead letters, replay, on every real broker.
+"""docs/contract.md, failure handling: retries, dead letters, replay, on every real broker.
 
 The system runs with RETRY_MAX_ATTEMPTS=3, RETRY_DELAY_MS=400 and
 RETRY_BACKOFF_MULTIPLIER=2.0, so deliveries 2 and 3 wait 400 ms and 800 ms.

@@ -1,4 +1,4 @@
-"""CONTRACT.md, HTTP and order flow, on every real broker."""
+"""docs/contract.md, HTTP and order flow, on every real broker."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ async def test_domain_counters_follow_the_saga(system: System) -> None:
 
 
 async def test_faststream_publish_metrics_count_every_outbox_event(system: System) -> None:
-    """`faststream_published_messages_total` (CONTRACT.md, "Metrics") counts each event the
+    """`faststream_published_messages_total` (docs/contract.md, "Metrics") counts each event the
     outboxes publish, on its channel, whichever path the transport sends it by."""
     broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
     product = uid("P")

@@ -1,4 +1,4 @@
-"""CONTRACT.md, `DATABASE_URL=postgresql://…`: the store-heavy cases again, on PostgreSQL.
+"""docs/contract.md, `DATABASE_URL=postgresql://…`: the store-heavy cases again, on PostgreSQL.
 
 A second system per broker runs all four services on one fresh PostgreSQL database
 (scripts/postgres.sh; tables carry each service's prefix). The cases are the same

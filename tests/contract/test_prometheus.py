@@ -44,7 +44,7 @@ PORTS = range(28290, 28300)
 SCRAPE_INTERVAL = "1s"
 QUERY_DEADLINE_S = 60.0
 TRAFFIC_TIMEOUT_S = 60.0  # a fresh Kafka system takes ~20 s for its first order (group joins)
-# The `broker` label value of each BROKER setting (CONTRACT.md, "Metrics").
+# The `broker` label value of each BROKER setting (docs/contract.md, "Metrics").
 BROKER_LABEL = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}
 # The root prometheus.yml scrapes each service at its contract default port.
 DEFAULT_PORT = {8080 + i: name for i, name in enumerate(SERVICES)}

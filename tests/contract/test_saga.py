@@ -1,4 +1,4 @@
-"""CONTRACT.md, the order saga under load, on every real broker."""
+"""docs/contract.md, the order saga under load, on every real broker."""
 
 from __future__ import annotations
 

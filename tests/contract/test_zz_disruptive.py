@@ -1,4 +1,4 @@
-"""CONTRACT.md, observability and outages: tests that stop a consumer or the broker.
+"""docs/contract.md, observability and outages: tests that stop a consumer or the broker.
 
 Named to run last for each broker: they disturb the shared system.
 """

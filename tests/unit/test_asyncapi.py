@@ -2,7 +2,7 @@
 
 For each broker a subprocess (the service modules read settings at import) runs
 `scripts/asyncapi_combined.py` under `BROKER=<broker>`; the combined document must be
-AsyncAPI 3.x and list every channel and event of CONTRACT.md, with payload schemas,
+AsyncAPI 3.x and list every channel and event of docs/contract.md, with payload schemas,
 examples and that transport's bindings. Where `scripts/setup.sh` installed the docs
 assets, the documents also go through the official AsyncAPI parser (`@asyncapi/parser`).
 """
@@ -86,7 +86,7 @@ def event_names(doc: Doc, payload: Any) -> set[str]:
 
 
 def contract_channel(broker: str, channel: Doc) -> str:
-    """The CONTRACT.md channel (or `<channel>.DLT`) an AsyncAPI channel stands for on `broker`."""
+    """The docs/contract.md channel (or `<channel>.DLT`) an AsyncAPI channel stands for on `broker`."""
     bindings = channel["bindings"]
     if broker == "kafka":
         return str(bindings["kafka"]["topic"])
