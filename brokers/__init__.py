@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from brokers.base import Observability, RetryPolicy, Subscription, Transport
 from brokers.metrics import DeliveryMetrics
+from brokers.provisioning import Provisioning
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -17,7 +18,15 @@ if TYPE_CHECKING:
 
     from config import Settings
 
-__all__ = ["RetryPolicy", "Subscription", "Transport", "create_transport", "retry_policy"]
+__all__ = [
+    "Provisioning",
+    "RetryPolicy",
+    "Subscription",
+    "Transport",
+    "create_transport",
+    "provisioning",
+    "retry_policy",
+]
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -25,6 +34,16 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_attempts=settings.retry_max_attempts,
         delay_ms=settings.retry_delay_ms,
         multiplier=settings.retry_backoff_multiplier,
+    )
+
+
+def provisioning(settings: Settings) -> Provisioning:
+    return Provisioning(
+        enabled=settings.provision,
+        kafka_partitions=settings.kafka_partitions,
+        kafka_replication_factor=settings.kafka_replication_factor,
+        kafka_min_insync_replicas=settings.kafka_min_insync_replicas,
+        nats_stream_replicas=settings.nats_stream_replicas,
     )
 
 
@@ -43,5 +62,10 @@ def create_transport(
     metrics = DeliveryMetrics(registry, transport_cls.label)
     observability = Observability(registry, app_name, tracer_provider)
     return transport_cls(
-        settings.resolved_broker_url, retry_policy(settings), metrics, observability, settings.channel_namespace
+        settings.resolved_broker_url,
+        retry_policy(settings),
+        metrics,
+        observability,
+        settings.channel_namespace,
+        provisioning=provisioning(settings),
     )

@@ -54,6 +54,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pydantic import TypeAdapter, ValidationError
 
+from brokers.provisioning import Provisioning
+
 if TYPE_CHECKING:
     from faststream._internal.broker import BrokerUsecase
     from faststream.message import StreamMessage
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from brokers.metrics import DeliveryMetrics
+    from brokers.provisioning import Provisioned
 
 T = TypeVar("T")
 log = logging.getLogger("switchboard.delivery")
@@ -270,9 +273,18 @@ class Transport(ABC):
     """Value of the `broker` metric label: kafka | rabbitmq | nats."""
 
     def __init__(
-        self, url: str, policy: RetryPolicy, metrics: DeliveryMetrics, observability: Observability, namespace: str = ""
+        self,
+        url: str,
+        policy: RetryPolicy,
+        metrics: DeliveryMetrics,
+        observability: Observability,
+        namespace: str = "",
+        *,
+        provisioning: Provisioning | None = None,
     ) -> None:
         self.url = url
+        self.provisioning = provisioning or Provisioning()
+        """What `start_extras` provisions, and how (`brokers.provisioning`)."""
         self.observability = observability
         self.namespace = namespace
         """Prefix of the channels (CHANNEL_NAMESPACE). Consumer identities that are global on a
@@ -468,7 +480,15 @@ class Transport(ABC):
         original channel. Each message is replayed once: running it twice replays nothing new."""
 
     async def start_extras(self) -> None:  # noqa: B027 - optional hook
-        """Declare broker objects the subscribers do not declare themselves."""
+        """Declare broker objects the subscribers do not declare themselves: with provisioning on,
+        everything the service subscribes, publishes, retries and dead-letters to (`provision`)."""
+
+    async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:  # noqa: ARG002
+        """Create the broker objects this transport uses (its subscriptions, publishers and dead-letter
+        listeners so far) that are missing, compare the others with what is wanted, and report one
+        outcome each; a difference is reported, never altered (`brokers.provisioning`). `dry_run`:
+        create nothing. Needs the broker connection."""
+        return []
 
     async def stop_extras(self) -> None:  # noqa: B027 - optional hook
         """Release what `start_extras` acquired."""

@@ -67,13 +67,17 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.kafka_provision import provision_topics, used_topics
 from brokers.nodes import kafka_bootstrap_servers
+from brokers.provisioning import log_outcomes
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from faststream.kafka.publisher.usecase import DefaultPublisher
     from faststream.message import StreamMessage
+
+    from brokers.provisioning import Provisioned
 
 
 log = logging.getLogger("switchboard.kafka")
@@ -339,6 +343,18 @@ class KafkaTransport(Transport):
             position = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
             waiting += max(ends[tp] - position, 0)
         return waiting
+
+    # --- provisioning (brokers.kafka_provision) -------------------------------------
+    async def start_extras(self) -> None:
+        """Create the topics this service uses before its subscribers and outbox start (PROVISION
+        off: none; FastStream's subscribers still ask for theirs, which the broker may refuse)."""
+        if self.provisioning.enabled:
+            log_outcomes(await self.provision(), log)
+
+    async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:
+        """Every topic subscribed or published: channels, their retry tiers and DLTs."""
+        _, admin = await self._clients()
+        return await provision_topics(admin, used_topics(self._broker), self.provisioning, dry_run=dry_run)
 
     async def stop_extras(self) -> None:
         await self._sender.stop()

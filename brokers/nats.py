@@ -57,7 +57,9 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.nats_provision import StreamProvisioner, cluster_size
 from brokers.nodes import nats_servers
+from brokers.provisioning import log_outcomes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+
+    from brokers.provisioning import Provisioned
 
 
 log = logging.getLogger("switchboard.nats")
@@ -91,10 +95,13 @@ def stream_name(subject: str) -> str:
 
 
 def stream_of(channel: str) -> JStream:
+    """The channel's stream. Its replicas are set, and FastStream's declaration switched off, by
+    `start_extras` (`brokers.nats_provision`), once the cluster size is known."""
     return JStream(stream_name(channel), subjects=[channel], declare=True)
 
 
 def dlt_stream_of(channel: str) -> JStream:
+    """The stream of `<channel>.DLT`, provisioned as `stream_of`'s."""
     return JStream(stream_name(channel) + "-DLT", subjects=[channel + ".DLT"], declare=True)
 
 
@@ -174,13 +181,20 @@ class NatsTransport(Transport):
             )
 
     async def start_extras(self) -> None:
-        for subject, stream in self._streams.items():
-            try:
-                await self._js.stream_info(stream.name)
-            except NotFoundError:
-                await self._js.add_stream(name=stream.name, subjects=[subject])
+        """Provision the streams (PROVISION off: FastStream declares none either; an operator did),
+        then watch for messages JetStream stopped redelivering."""
+        if self.provisioning.enabled:
+            log_outcomes(await self.provision(), log)
+        else:
+            for stream in self._streams.values():
+                stream.declare = False
         for sub in self.subscriptions:
             await self._watch_max_deliveries(sub)
+
+    async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:
+        """Every stream this service subscribes, publishes or dead-letters to (channels and `-DLT` streams)."""
+        provisioner = StreamProvisioner(self._js, self.provisioning, cluster_size(self._broker.connection))
+        return [await provisioner.ensure(stream, dry_run=dry_run) for stream in self._streams.values()]
 
     async def _watch_max_deliveries(self, sub: Subscription) -> None:
         """Dead-letter messages the server gave up on without our code deciding (a process

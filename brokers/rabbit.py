@@ -26,13 +26,14 @@ Native mapping of the shared policy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aio_pika import IncomingMessage
-from aio_pika.exceptions import ChannelClosed
+from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, DeliveryError
 from faststream import AckPolicy
 from faststream.prometheus import ConsumeAttrs
 from faststream.prometheus.middleware import PrometheusMiddleware
@@ -67,13 +68,17 @@ from brokers.base import (
     replay_headers,
 )
 from brokers.nodes import rabbit_node_urls
+from brokers.provisioning import log_outcomes
 from brokers.rabbit_failover import NodeFailover
+from brokers.rabbit_provision import declare_nothing, provision_objects
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from faststream.message import StreamMessage
     from prometheus_client import CollectorRegistry
+
+    from brokers.provisioning import Provisioned
 
 
 log = logging.getLogger("switchboard.rabbit")
@@ -187,13 +192,19 @@ def consumer_queue_name(sub: Subscription) -> str:
 
 
 def delay_queue(sub: Subscription, delay_ms: int) -> RabbitQueue:
+    """A quorum queue whose messages expire after `delay_ms` into the consumer queue. Dead-lettered
+    at-least-once (the message leaves the delay queue only once the consumer queue confirmed it,
+    which needs `reject-publish` overflow): a retry is never lost between the two queues."""
     return RabbitQueue(
         f"{consumer_queue_name(sub)}.retry-{delay_ms}ms",
+        queue_type=QueueType.QUORUM,
         durable=True,
         arguments={
             "x-message-ttl": delay_ms,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": consumer_queue_name(sub),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         },
     )
 
@@ -204,8 +215,8 @@ def dead_letter_exchange(channel: str) -> RabbitExchange:
 
 
 def dead_letter_queue(channel: str) -> RabbitQueue:
-    """The contract's durable DLT queue, `<channel>.DLT` (listed and replayed from)."""
-    return RabbitQueue(dead_letter_channel(channel), durable=True)
+    """The contract's DLT queue, `<channel>.DLT` (listed and replayed from): a quorum queue."""
+    return RabbitQueue(dead_letter_channel(channel), queue_type=QueueType.QUORUM, durable=True)
 
 
 class RabbitTransport(Transport):
@@ -217,6 +228,8 @@ class RabbitTransport(Transport):
         self._declared_publishers: set[str] = set()
         self._queues_to_declare: dict[str, RabbitQueue] = {}
         self._dead_letter_channels: set[str] = set()
+        self._publishing = Channel()
+        """The channel `_send_batch` publishes on (FastStream keeps one channel per `Channel` object)."""
 
     def _build_broker(self) -> RabbitBroker:
         failover = NodeFailover(rabbit_node_urls(self.url))
@@ -280,7 +293,7 @@ class RabbitTransport(Transport):
         dlt = dead_letter_exchange(channel)
         self._dead_letter_channels.add(channel)
         self._broker.subscriber(
-            RabbitQueue(f"{dlt.name}.{consumer}", durable=True),
+            RabbitQueue(f"{dlt.name}.{consumer}", queue_type=QueueType.QUORUM, durable=True),
             dlt,
             ack_policy=AckPolicy.ACK,
             decoder=decode_raw,
@@ -289,12 +302,19 @@ class RabbitTransport(Transport):
         )(dead_letter_endpoint(channel, handler))
 
     async def start_extras(self) -> None:
-        for queue in self._queues_to_declare.values():
-            await self._broker.declare_queue(queue)
-        for channel in self._dead_letter_channels:
-            exchange = await self._broker.declare_exchange(dead_letter_exchange(channel))
-            queue = await self._broker.declare_queue(dead_letter_queue(channel))
-            await queue.bind(exchange)
+        """Provision what the service uses (`brokers.rabbit_provision`). PROVISION off: nothing, and
+        FastStream's own declarations become passive: an operator provisioned."""
+        if self.provisioning.enabled:
+            log_outcomes(await self.provision(), log)
+        else:
+            declare_nothing(self._broker)
+
+    async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:
+        """The subscribers' queues and exchanges, the publishers' exchanges, the delay queues and
+        the DLT queues bound to their dead-letter exchanges."""
+        own: list[tuple[RabbitQueue, RabbitExchange | None]] = [(q, None) for q in self._queues_to_declare.values()]
+        own += [(dead_letter_queue(c), dead_letter_exchange(c)) for c in sorted(self._dead_letter_channels)]
+        return await provision_objects(self._broker, own, dry_run=dry_run)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:
         await self._broker.publish(
@@ -307,7 +327,8 @@ class RabbitTransport(Transport):
         )
 
     async def _send_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
-        channel = await (await self._broker.config.channel_manager.get_channel()).get_underlay_channel()
+        publishing = await self._broker.config.channel_manager.get_channel(self._publishing)
+        channel = await publishing.get_underlay_channel()
         now = datetime.now(UTC)
         sends = []  # confirm-mode channel: each resolves on the broker's ack, raises on its nack
         for m in messages:
@@ -317,7 +338,18 @@ class RabbitTransport(Transport):
             )
         # no timeout of ours, as FastStream's publish: a confirm comes, or the channel closes
         # (aiormq fails what is pending); a broker under a resource alarm holds publishers back
-        return await confirmations(sends, timeout_s=None)
+        outcomes = await confirmations(sends, timeout_s=None)
+        if any(isinstance(outcome, DeliveryError) for outcome in outcomes):
+            await self._replace_publishing_channel(publishing)
+        return outcomes
+
+    async def _replace_publishing_channel(self, nacked: Any) -> None:
+        """Publish on a new channel after a nack: on RabbitMQ 3.10 a channel that published while a
+        quorum queue's leader died is nacked for ~30 s afterwards, while a new channel is not."""
+        log.warning("RabbitMQ nacked a publish; publishing on a new channel")
+        self._publishing = Channel()
+        with contextlib.suppress(Exception):
+            await nacked.close()
 
     def _metrics_destination(self, message: Outgoing) -> str:
         """As `_ChannelLevelMetrics` labels FastStream's publishes: the exchange, or
@@ -375,7 +407,10 @@ class RabbitTransport(Transport):
         letters: list[DeadLetter] = []
         held = []
         try:
-            queue = await chan.declare_queue(dead_letter_queue(channel).name, durable=True)
+            try:  # passively: the queue is provisioned (a quorum queue; a legacy classic one is used as it is)
+                queue = await chan.declare_queue(dead_letter_queue(channel).name, passive=True)
+            except ChannelNotFoundEntity:
+                return letters  # no DLT queue: nothing was dead-lettered
             # only what is there now: a replayed message that fails again is a new dead letter
             waiting = int(queue.declaration_result.message_count or 0)
             while len(letters) < min(limit, waiting):
@@ -399,7 +434,8 @@ class RabbitTransport(Transport):
         finally:
             for incoming in held:
                 await incoming.nack(requeue=True)
-            await chan.close()
+            if not chan.is_closed:
+                await chan.close()
         return letters
 
     async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:

@@ -64,8 +64,8 @@ class NodeFailover:
 
     async def on_close(self, connection: Any, exc: BaseException | None = None) -> None:
         """Point `connection` at the next node that answers, before it reconnects."""
-        if len(self.urls) < 2 or exc is None:
-            return
+        if len(self.urls) < 2 or exc is None or isinstance(exc, asyncio.CancelledError):
+            return  # a deliberate close
         candidates = [(self.current + step) % len(self.urls) for step in range(1, len(self.urls) + 1)]
         for index in candidates:
             if await _answers_async(self.urls[index]):
@@ -75,4 +75,6 @@ class NodeFailover:
         if index != self.current:
             self.current = index
             connection.url = URL(self.urls[index])
-            log.warning("RabbitMQ connection lost (%s); reconnecting to node %s", exc, connection)
+            log.warning(
+                "RabbitMQ connection lost (%s: %s); reconnecting to node %s", type(exc).__name__, exc, connection
+            )

@@ -61,6 +61,38 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     otel_exporter_otlp_endpoint: str | None = None
 
+    # outbox
+    outbox_stall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="/ready answers 503 once this process's outbox relay has been unable to publish "
+        "for longer than this (seconds).",
+    )
+
+    # provisioning
+    provision: bool = Field(
+        True,
+        description="Create the topics, streams and queues a service uses at startup (and compare existing ones, "
+        "logging differences without altering them). False: the service declares nothing beyond what the broker "
+        "does itself and assumes an operator provisioned (`python -m brokers.provision`).",
+    )
+    kafka_partitions: int = Field(6, ge=1, description="Partitions of each Kafka topic created.")
+    kafka_replication_factor: int | None = Field(
+        None, ge=1, description="Replication factor of each Kafka topic created; unset: min(3, brokers in the cluster)."
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="`min.insync.replicas` of each Kafka topic created; unset: replication factor − 1 when it is "
+        "at least 2, else not set (the broker's default).",
+    )
+    nats_stream_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Replicas of each JetStream stream created; unset: min(3, servers in the cluster).",
+    )
+
     @field_validator("broker")
     @classmethod
     def _known_broker(cls, value: str) -> str:
