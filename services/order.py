@@ -4,7 +4,8 @@
 so it answers 202 even while the broker is down. The order's status then follows
 inventory and payment events: PENDING → RESERVED → CONFIRMED, PENDING → REJECTED,
 RESERVED → CANCELLED. Status only ever moves forward, so repeated or out-of-order
-events are harmless.
+events are harmless; each move is one conditional UPDATE, so concurrent moves (two replicas,
+two subscriptions) cannot move it back either.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ count_created = service.counter("orders_created", "Orders accepted (an idempoten
 count_status = service.counter("order_status_changes", "Order status transitions, by the status reached.", "status")
 
 STATUS_RANK = {"PENDING": 0, "RESERVED": 1, "CONFIRMED": 2, "CANCELLED": 2, "REJECTED": 2}
+MOVES_FROM = {status: tuple(s for s, r in STATUS_RANK.items() if r < rank) for status, rank in STATUS_RANK.items()}
+"""For each status, the statuses an order may move to it from: those of lower rank."""
 PLACE_JOIN_WINDOW_S = 0.001
 """POSTs wait this long for concurrent ones to share their SQLite COMMIT: at moderate rates
 they arrive a few hundred microseconds apart, rarely in one event-loop turn, and each paid for
@@ -59,12 +62,13 @@ class PlaceOrder(Model):
     """Either the seed's `{orderId, productId, quantity}` or `{orderId?, userId?, items: [...]}`."""
 
     model_config = ConfigDict(
+        strict=True,  # JSON types as declared: no "2" or 1.5 for a quantity (OrderItem), no 7 for a userId
         json_schema_extra={
             "examples": [
                 {"orderId": "1001", "productId": "P123", "quantity": 2},
                 {"userId": "u-42", "items": [{"productId": "P123", "quantity": 2}]},
             ]
-        }
+        },
     )
 
     order_id: OrderId | None = None
@@ -163,11 +167,18 @@ async def get_order(order_id: Annotated[str, Path(min_length=1, max_length=64)])
 
 
 def _advance(tx: Tx, order_id: str, status: str, reason: str | None) -> bool:
-    row = tx.fetchone(f"SELECT status FROM {ORDERS} WHERE order_id = ?", (order_id,))
-    if row is None or STATUS_RANK[status] <= STATUS_RANK[row[0]]:
+    """Move the order to `status` if its current status ranks lower; True if it moved. One
+    statement: PostgreSQL (READ COMMITTED) re-checks the WHERE on a row a concurrent move just
+    committed, so the later of two moves can never overwrite a higher status."""
+    lower = MOVES_FROM[status]
+    if not lower:
         return False
-    tx.execute(f"UPDATE {ORDERS} SET status = ?, reason = ? WHERE order_id = ?", (status, reason, order_id))
-    return True
+    marks = ",".join("?" * len(lower))
+    changed = tx.execute(
+        f"UPDATE {ORDERS} SET status = ?, reason = ? WHERE order_id = ? AND status IN ({marks})",
+        (status, reason, order_id, *lower),
+    )
+    return changed == 1
 
 
 async def _move(order_id: str, status: str, reason: str | None = None) -> None:

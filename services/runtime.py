@@ -9,33 +9,39 @@ HTTP contract of every service: `/health` (200 while the process runs), `/ready`
 `/docs/asyncapi` + `/docs/asyncapi.json` (AsyncAPI, no try-it-out), and
 `/docs/openapi` + `/docs/openapi.json` for the HTTP API; both pages load their JS/CSS
 from `/docs/assets/` when installed locally (`services.docs`). Request bodies over
-64 KiB get 413.
+64 KiB get 413, declared or streamed; request heads are capped and slow requests timed out
+by the HTTP server (`services.http_limits`). Admin routes depend on `Service.require_admin`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import Receive, Scope, Send
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic import BaseModel, Field
 
 from brokers import Subscription, create_transport
 from brokers.base import DeadLetter
 from config import Settings, get_settings
 from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
+from services.http_limits import SERVER_OPTIONS
 from services.outbox import Outbox
 from services.store import Database
 from services.tracing import configure_logging, new_trace_context, trace_headers, tracer_provider
@@ -46,8 +52,16 @@ TRACE_KEYS = frozenset({b"traceparent", b"tracestate"})
 READY_TIMEOUT_S = 2.0
 LAG_TIMEOUT_S = 3.0
 DRAIN_TIMEOUT_S = 10.0
+ADMIN_TOKEN_MIN_CHARS = 16
+ADMIN_SCHEME = "adminToken"
 
 log = logging.getLogger("switchboard")
+
+admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=ADMIN_SCHEME,
+    description=f"`Authorization: Bearer <ADMIN_TOKEN>` (admin routes; ADMIN_TOKEN of at least {ADMIN_TOKEN_MIN_CHARS} characters)",
+)
 
 
 class ServiceApp(AsgiFastStream):
@@ -99,7 +113,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Any) -> None:
@@ -146,8 +160,12 @@ class TraceContext:
             await self.app(scope, receive, send_with_trace)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised by BodyLimit's receive. An HTTPException, so that FastAPI, which answers 400 to any
+    other error raised while it reads a body, lets it through to its handler: 413, same body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -163,6 +181,79 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", ""), "type": err.get("type", "")})
     return errors
+
+
+class ErrorBody(BaseModel):
+    """Every error other than 422."""
+
+    detail: str = Field(examples=["request body exceeds 65536 bytes"])
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the failing field; `body` for the body as a whole")
+    message: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: FastAPI's errors (`loc`, `msg`, `type`) and the same as `errors[].field` paths."""
+
+    detail: list[dict[str, Any]]
+    errors: list[FieldError]
+
+
+ERROR_ANSWERS = {
+    "400": ("body is not UTF-8 text", ErrorBody),
+    "413": (f"body over {MAX_BODY_BYTES // 1024} KiB ({MAX_BODY_BYTES} bytes), declared or streamed", ErrorBody),
+    "422": ("invalid body, path or query; `errors[].field` names the failing field", ValidationErrorBody),
+    "401": ("no bearer token (answered with `WWW-Authenticate: Bearer`)", ErrorBody),
+    "403": (
+        f"wrong token, or the admin routes are disabled (ADMIN_TOKEN unset, blank or under {ADMIN_TOKEN_MIN_CHARS} characters)",
+        ErrorBody,
+    ),
+}
+
+
+def declare_error_answers(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document list every error an operation can answer, with its real body:
+    400 and 413 where there is a request body (`BodyLimit`, FastAPI's body parsing), our 422
+    body wherever FastAPI declares its own (`_invalid` adds `errors`), 401 and 403 on admin
+    operations (`require_admin`), and `{"detail": …}` as the body of a route's own 4xx."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorBody, ValidationErrorBody):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    for path_item in spec.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            codes = ["400", "413", "422"] if "requestBody" in operation else []
+            codes += ["422"] if "422" in responses else []
+            if any(ADMIN_SCHEME in requirement for requirement in operation.get("security", ())):
+                codes += ["401", "403"]
+            for code in codes:
+                description, model = ERROR_ANSWERS[code]
+                entry = responses.setdefault(code, {"description": description})
+                if entry.get("description") == "Validation Error":  # FastAPI's default
+                    entry["description"] = description
+                entry["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+                if code == "401":
+                    entry["headers"] = {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}
+            for code, entry in responses.items():  # a route's own 4xx (404, 409): HTTPException's body
+                if code.startswith("4") and "content" not in entry:
+                    entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, now unreferenced
+        others = {k: v for k, v in schemas.items() if k != name}
+        if f'"#/components/schemas/{name}"' not in json.dumps([spec.get("paths"), others]):
+            schemas.pop(name, None)
+    return spec
+
+
+def usable_admin_token(token: str | None) -> str | None:
+    """ADMIN_TOKEN if it enables the admin routes: set, not blank, at least 16 characters."""
+    if token is None or not token.strip() or len(token) < ADMIN_TOKEN_MIN_CHARS:
+        return None
+    return token
 
 
 def _freeze_startup_objects() -> None:
@@ -201,12 +292,19 @@ class Service:
         )
         add_docs_routes(self.api, "/docs/openapi")
         self._add_common_routes()
+        self._honest_openapi()
         self.app = ServiceApp(
             self.transport.broker,
             http=BodyLimit(TraceContext(self.api, self.tracer_provider), MAX_BODY_BYTES),
             # no uvicorn access log: each service logs what it did with a request, with its trace id
-            # (a string: FastStream parses run options as CLI text)
-            defaults={"port": self.settings.port_for(name), "host": self.settings.http_host, "access_log": "false"},
+            # (a string: FastStream parses run options as CLI text); SERVER_OPTIONS: the request head
+            # cap and request timeout (services.http_limits)
+            defaults={
+                "port": self.settings.port_for(name),
+                "host": self.settings.http_host,
+                "access_log": "false",
+                **SERVER_OPTIONS,
+            },
             asyncapi_path=asyncapi_route("/docs/asyncapi"),
             on_startup=[self._on_startup],
             after_startup=[self._after_startup],
@@ -269,6 +367,7 @@ class Service:
 
     # --- lifecycle -----------------------------------------------------------------
     async def _on_startup(self) -> None:
+        self._warn_if_admin_disabled()
         await self.db.connect(self.schema)
         await self.transport.broker.connect()
         await self.transport.start_extras()
@@ -306,30 +405,75 @@ class Service:
             return {"status": "UP", "service": self.consumer}
 
         @api.get(
-            "/ready", tags=["ops"], summary="200 when broker and store answer (and every subscriber started), else 503"
+            "/ready",
+            tags=["ops"],
+            responses={
+                503: {"description": "not ready: the same body, `status` DOWN", "content": {"application/json": {}}}
+            },
+            summary="200 when broker and store answer, every subscriber started and the outbox relay is not "
+            "stalled, else 503",
         )
         async def ready() -> JSONResponse:
+            """`outbox`: false once this process's relay has been unable to publish for longer than
+            OUTBOX_STALL_TIMEOUT_S (`outboxStalledSeconds`: for how long; 0 while another replica publishes)."""
             broker_ok, store_ok = await asyncio.gather(self.transport.ping(READY_TIMEOUT_S), self.db.ping())
-            status = 200 if broker_ok and store_ok and self._subscribed else 503
+            stalled_s = self.outbox.stalled_for()
+            outbox_ok = stalled_s <= self.settings.outbox_stall_timeout_s
+            status = 200 if broker_ok and store_ok and self._subscribed and outbox_ok else 503
             body = {
                 "status": "UP" if status == 200 else "DOWN",
                 "broker": broker_ok,
                 "store": store_ok,
                 "subscribed": self._subscribed,
+                "outbox": outbox_ok,
+                "outboxStalledSeconds": round(stalled_s, 1),
             }
             return JSONResponse(body, status_code=status)
 
-        @api.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+        @api.get(
+            "/metrics",
+            tags=["ops"],
+            summary="Prometheus metrics",
+            response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+        )
         async def metrics() -> Response:
             try:
                 await asyncio.wait_for(self.transport.refresh_lag(), LAG_TIMEOUT_S)
             except TimeoutError:
                 log.debug("lag refresh timed out")
+            await self.outbox.refresh_gauges(self.registry, self.transport.label)  # not cancelled: a store call
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def require_admin(self, request: Request) -> None:
-        """403 unless `Authorization: Bearer <ADMIN_TOKEN>` matches a configured token."""
+    def _honest_openapi(self) -> None:
+        """The document FastAPI generates, passed through `declare_error_answers` once."""
+        generate = self.api.openapi
 
+        def openapi() -> dict[str, Any]:
+            if self.api.openapi_schema is None:
+                self.api.openapi_schema = declare_error_answers(generate())
+            return self.api.openapi_schema
+
+        self.api.openapi = openapi  # type: ignore[method-assign]
+
+    def _warn_if_admin_disabled(self) -> None:
         token = self.settings.admin_token
-        if not token or request.headers.get("authorization", "") != f"Bearer {token}":
-            raise HTTPException(status_code=403, detail="admin token required")
+        if token is not None and usable_admin_token(token) is None:
+            what = "blank" if not token.strip() else f"only {len(token)} characters long"
+            log.warning(
+                "ADMIN_TOKEN is set but %s: admin routes are disabled (they answer 403); it needs at least %d characters",
+                what,
+                ADMIN_TOKEN_MIN_CHARS,
+            )
+
+    def require_admin(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)]) -> None:
+        """Dependency of the admin routes: 401 (with `WWW-Authenticate: Bearer`) without a bearer
+        token, 403 with a wrong one or while they are disabled (`usable_admin_token`). The token is
+        compared in constant time."""
+        token = usable_admin_token(self.settings.admin_token)
+        if token is None:
+            raise HTTPException(status_code=403, detail="admin routes are disabled")
+        if credentials is None:
+            raise HTTPException(status_code=401, detail="admin token required", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(status_code=403, detail="wrong admin token")

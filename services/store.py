@@ -11,8 +11,9 @@ if it raises, and all the others are committed together when the block exits (or
 back if the block raises). Other tasks wait for the batch to end.
 
 SQL is written once with `?` placeholders and portable statements
-(`INSERT … ON CONFLICT DO NOTHING`, conditional `UPDATE`); table names carry the
-service's prefix so several services may share one PostgreSQL database.
+(`INSERT … ON CONFLICT DO NOTHING`, conditional `UPDATE`, and in a schema
+`ALTER TABLE … ADD COLUMN IF NOT EXISTS`, which `connect` runs only when the column is missing);
+table names carry the service's prefix so several services may share one PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,9 @@ from services.tasks import cancel_and_wait
 T = TypeVar("T")
 log = logging.getLogger("switchboard.store")
 CHECKPOINT_INTERVAL_S = 1.0
+ADD_COLUMN_IF_NOT_EXISTS = re.compile(
+    r"\s*ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+((\w+)\b.*)", re.IGNORECASE | re.DOTALL
+)
 
 
 class Tx:
@@ -151,9 +156,27 @@ class Database:
     async def connect(self, schema: Sequence[str] = ()) -> None:
         self._conn = await asyncio.to_thread(self._connect)
         for ddl in schema:
-            await self.transaction(lambda tx, ddl=ddl: tx.execute(ddl))
+            await self.transaction(lambda tx, ddl=ddl: self._schema_statement(tx, ddl))
         if self._checkpointer is not None:
             self._checkpointer.start()
+
+    def _schema_statement(self, tx: Tx, ddl: str) -> None:
+        """`ADD COLUMN IF NOT EXISTS` runs only if the column is missing: SQLite lacks the clause, and
+        PostgreSQL would take an exclusive lock on the table (other replicas use it) even to do nothing."""
+        added = ADD_COLUMN_IF_NOT_EXISTS.fullmatch(ddl)
+        if added is None:
+            tx.execute(ddl)
+            return
+        table, definition, column = added.groups()
+        if self.dialect == "postgresql":
+            if not tx.fetchone(
+                "SELECT 1 FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?",
+                (table.lower(), column.lower()),
+            ):
+                tx.execute(ddl)
+        elif all(row[1] != column for row in tx.fetchall(f"PRAGMA table_info({table})")):
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     def _connection(self) -> Any:
         if self._conn is None:

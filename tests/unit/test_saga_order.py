@@ -1,0 +1,154 @@
+"""The order's final status depends on which events it got, never on the order they came in:
+every permutation of each saga outcome's events (and of their duplicates) through the order
+service's real handlers and SQLite store; and a move another replica commits between two
+statements of this one never moves the status back."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import permutations
+from typing import Any
+
+import pytest
+
+os.environ.update({"BROKER": "kafka", "DATA_DIR": tempfile.mkdtemp(prefix="sb-unit-"), "CHANNEL_NAMESPACE": ""})
+
+from services import order
+from services.events import (
+    Event,
+    InventoryRejected,
+    InventoryReleased,
+    InventoryReserved,
+    PaymentFailed,
+    PaymentProcessed,
+)
+from services.store import Tx
+from tests.support.system import uid
+
+service = order.service
+DECLINED = "payment declined for user declined-7"
+NO_STOCK = "insufficient stock for P1: requested 2, available 1"
+
+EVENTS: dict[str, Callable[[str], Event]] = {
+    "reserved": lambda oid: InventoryReserved(order_id=oid, items=[{"productId": "P1", "quantity": 2}]),
+    "rejected": lambda oid: InventoryRejected(order_id=oid, reason=NO_STOCK),
+    "released": lambda oid: InventoryReleased(order_id=oid, items=[{"productId": "P1", "quantity": 2}]),
+    "paid": lambda oid: PaymentProcessed(order_id=oid, amount=20.0),
+    "declined": lambda oid: PaymentFailed(order_id=oid, reason=DECLINED),
+}
+OUTCOMES = {  # the events each saga outcome sends the order service, and where the order ends
+    "confirmed": (("reserved", "paid"), "CONFIRMED", None),
+    "cancelled": (("reserved", "declined", "released"), "CANCELLED", DECLINED),
+    "rejected": (("rejected",), "REJECTED", NO_STOCK),
+}
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[None]:
+    await service.db.connect(service.schema)
+    yield
+    await service.db.close()
+
+
+async def place() -> str:
+    order_id = uid("saga-")
+    placed = order.PlaceOrder(order_id=order_id, items=[{"productId": "P1", "quantity": 2}])
+    assert await service.db.transaction(lambda tx: order._place(tx, order_id, placed))
+    return order_id
+
+
+async def deliver(event: Event) -> None:
+    """What the order service's subscriptions do with the event."""
+    if isinstance(event, InventoryReserved | InventoryRejected | InventoryReleased):
+        await order.track_inventory(event)
+    else:
+        assert isinstance(event, PaymentProcessed | PaymentFailed)
+        await order.track_payment(event)
+
+
+async def status_of(order_id: str) -> tuple[Any, ...] | None:
+    return await service.db.transaction(
+        lambda tx: tx.fetchone(f"SELECT status, reason FROM {order.ORDERS} WHERE order_id = ?", (order_id,))
+    )
+
+
+@pytest.mark.usefixtures("store")
+@pytest.mark.parametrize("copies", [1, 2], ids=["once", "duplicated"])
+@pytest.mark.parametrize("outcome", list(OUTCOMES))
+async def test_every_arrival_order_ends_in_the_same_status(outcome: str, copies: int) -> None:
+    kinds, final, reason = OUTCOMES[outcome]
+    arrivals = sorted(set(permutations(kinds * copies)))
+    ended = {}
+    for arrival in arrivals:
+        order_id = await place()
+        for kind in arrival:
+            await deliver(EVENTS[kind](order_id))
+        ended[arrival] = await status_of(order_id)
+
+    assert ended == dict.fromkeys(arrivals, (final, reason))
+
+
+class Interleaved(Tx):
+    """This move's cursor; another replica's move commits right before its statement number `at`
+    (or after its last one), as READ COMMITTED lets it between two statements."""
+
+    def __init__(self, tx: Tx, at: int, other: Callable[[Tx], object]) -> None:
+        self._tx = tx
+        self._at = at
+        self._other = other
+        self._statements = 0
+
+    def _next_statement(self) -> None:
+        if self._statements == self._at:
+            self._other(self._tx)
+        self._statements += 1
+
+    def finish(self) -> None:
+        """Let the other move in after this move's last statement, if it has not come in yet."""
+        if self._statements <= self._at:
+            self._other(self._tx)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._next_statement()
+        return self._tx.execute(sql, params)
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self._next_statement()
+        return self._tx.fetchone(sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._next_statement()
+        return self._tx.fetchall(sql, params)
+
+
+MAX_STATEMENTS = 3
+"""More statements than a move runs: the other move comes in at every point of it."""
+
+
+@pytest.mark.usefixtures("store")
+@pytest.mark.parametrize(
+    ("this", "other", "final"),
+    [
+        (("RESERVED", None), ("CONFIRMED", None), "CONFIRMED"),
+        (("CONFIRMED", None), ("RESERVED", None), "CONFIRMED"),
+        (("RESERVED", None), ("CANCELLED", DECLINED), "CANCELLED"),
+        (("CANCELLED", DECLINED), ("RESERVED", None), "CANCELLED"),
+    ],
+)
+async def test_a_move_committed_between_the_statements_of_another_never_moves_the_status_back(
+    this: tuple[str, str | None], other: tuple[str, str | None], final: str
+) -> None:
+    for at in range(MAX_STATEMENTS + 1):
+        order_id = await place()
+
+        def this_move(tx: Tx, order_id: str = order_id, at: int = at) -> None:
+            interleaved = Interleaved(tx, at, lambda inner: order._advance(inner, order_id, *other))
+            order._advance(interleaved, order_id, *this)
+            interleaved.finish()
+
+        await service.db.transaction(this_move)
+        assert await status_of(order_id) == (final, other[1] if other[0] == final else this[1]), (
+            f"the other move came in before statement {at}"
+        )
