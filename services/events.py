@@ -18,8 +18,10 @@ ORDER_EVENTS = "order-events"
 INVENTORY_EVENTS = "inventory-events"
 PAYMENT_EVENTS = "payment-events"
 
-ProductId = Annotated[str, Field(min_length=1, max_length=64, examples=["P123"])]
-OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", examples=["1001"])]
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+"""orderId and productId: letters, digits and `. _ : -` (nothing that could break a log line)."""
+ProductId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["P123"])]
+OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["1001"])]
 
 
 class Model(BaseModel):
@@ -31,7 +33,7 @@ class Model(BaseModel):
 
 class OrderItem(Model):
     product_id: ProductId
-    quantity: int = Field(gt=0, le=1_000_000, examples=[2])
+    quantity: int = Field(gt=0, le=1_000_000, strict=True, examples=[2])  # strict: not true, 1.5 or "2"
 
 
 class Event(Model):

@@ -17,9 +17,10 @@ from collections import Counter
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from services.events import (
+    ID_PATTERN,
     INVENTORY_EVENTS,
     ORDER_EVENTS,
     PAYMENT_EVENTS,
@@ -69,6 +70,8 @@ class StockLevel(Model):
 
 
 class SetStock(Model):
+    model_config = ConfigDict(strict=True)  # `available` is a JSON integer: not true, 1.5 or "2"
+
     available: int = Field(ge=0, le=1_000_000_000)
 
 
@@ -173,7 +176,7 @@ async def _read_stock(product_id: str) -> StockLevel:
     return StockLevel(product_id=product_id, available=row[0])
 
 
-ProductPath = Annotated[str, Path(min_length=1, max_length=64)]
+ProductPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 @service.api.get(
@@ -190,8 +193,7 @@ async def get_stock(product_id: ProductPath) -> StockLevel:
     "/inventory/{product_id}",
     response_model=StockLevel,
     response_model_by_alias=True,
-    dependencies=[Depends(service.require_admin)],
-    responses={403: {"description": "ADMIN_TOKEN missing or wrong"}},
+    dependencies=[Depends(service.require_admin)],  # 401/403 in the OpenAPI document: runtime.declare_error_answers
 )
 async def set_stock(product_id: ProductPath, body: SetStock, request: Request) -> StockLevel:  # noqa: ARG001
     """Set the available stock of a product (admin: `Authorization: Bearer $ADMIN_TOKEN`)."""

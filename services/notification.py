@@ -6,7 +6,8 @@ human-readable line, and serves them at `GET /notifications?orderId=`.
 
 Like the seed's DLT listener it also sees every dead-lettered message of those
 channels (without taking it off the DLT), logs `DLT received failed message: <body>`
-and keeps it for inspection at `GET /dead-letters?channel=&limit=`.
+(the first LOGGED_BODY_BYTES of it) and keeps it whole for inspection at the admin route
+`GET /dead-letters?channel=&limit=`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Depends, Query
 
 from brokers.base import DeadLetter
 from services.events import (
@@ -94,10 +95,22 @@ class SeenDeadLetter(Model):
     received_at: str
 
 
+LOGGED_BODY_BYTES = 512
+"""A dead letter's body is whatever a producer sent: the log shows at most this much of it."""
+
+
+def loggable_body(body: bytes) -> str:
+    """The body as logged: its first LOGGED_BODY_BYTES, and how much was cut."""
+    if len(body) <= LOGGED_BODY_BYTES:
+        return body.decode("utf-8", "replace")
+    shown = body[:LOGGED_BODY_BYTES].decode("utf-8", "ignore")  # "ignore": a character cut in two
+    return f"{shown} [cut: {len(body)} bytes, first {LOGGED_BODY_BYTES} shown]"
+
+
 async def report_dead_letter(letter: DeadLetter) -> None:
     """Log and keep a dead-lettered message (the seed's DLT listener)."""
     body = letter.body.decode("utf-8", "replace")
-    log.warning("DLT received failed message: %s", body)
+    log.warning("DLT received failed message: %s", loggable_body(letter.body))
     received_at = datetime.now(UTC).isoformat()
     await service.db.transaction(
         lambda tx: tx.execute(
@@ -111,12 +124,17 @@ for _channel in (ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS):
     service.listen_dead_letters(_channel, report_dead_letter)
 
 
-@service.api.get("/dead-letters", response_model=list[SeenDeadLetter], response_model_by_alias=True)
+@service.api.get(
+    "/dead-letters",
+    response_model=list[SeenDeadLetter],
+    response_model_by_alias=True,
+    dependencies=[Depends(service.require_admin)],  # bodies and headers of any producer's messages
+)
 async def list_dead_letters(
     channel: Annotated[str | None, Query(description="e.g. order-events.DLT")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[SeenDeadLetter]:
-    """The newest dead letters this listener saw, newest first."""
+    """The newest dead letters this listener saw, newest first (admin: `Authorization: Bearer $ADMIN_TOKEN`)."""
     where, params = ("WHERE channel = ?", [service.channel(channel)]) if channel else ("", [])
     rows = await service.db.transaction(
         lambda tx: tx.fetchall(

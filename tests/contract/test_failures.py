@@ -17,7 +17,7 @@ from datetime import datetime
 import pytest
 
 from tests.support.raw import RawClient, RawMessage
-from tests.support.system import ROOT, System, eventually, metric_value, uid
+from tests.support.system import ADMIN_TOKEN, ROOT, System, eventually, metric_value, uid
 
 pytestmark = pytest.mark.contract
 ENVELOPE = {
@@ -219,7 +219,11 @@ async def test_dead_letter_listener_reports_without_taking_it_off_the_dlt(system
     await system.post_order({"orderId": order_id, "productId": "FAIL", "quantity": 1})
 
     async def seen() -> list[dict]:
-        r = await system.http.get(system.url("notification", "/dead-letters?channel=order-events.DLT&limit=1000"))
+        r = await system.http.get(
+            system.url("notification", "/dead-letters?channel=order-events.DLT&limit=1000"),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},  # an admin route
+        )
+        assert r.status_code == 200, r.text
         return [d for d in r.json() if order_id in d["body"]]
 
     [letter] = await eventually(seen, lambda found: len(found) == 1, what="listener saw the dead letter")

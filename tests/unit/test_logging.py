@@ -45,3 +45,30 @@ def test_a_record_without_trace_id_still_formats() -> None:
 def _copy(record: logging.LogRecord) -> logging.LogRecord:
     """A fresh record: formatting caches the traceback text on the record."""
     return logging.makeLogRecord(dict(record.__dict__))
+
+
+def test_control_characters_in_a_message_cannot_forge_a_line() -> None:
+    forged = "P1\n2026-01-01 00:00:00,000 INFO switchboard.order [trace=-] order 1 accepted"
+    record = _record(1_795_785_000.5, "unknown product %s")
+    record.args = (forged,)
+    line = LineFormatter().format(record)
+    assert "\n" not in line
+    assert line.endswith(
+        r"unknown product P1\n2026-01-01 00:00:00,000 INFO switchboard.order [trace=-] order 1 accepted"
+    )
+
+
+def test_every_control_character_is_escaped_and_other_text_kept() -> None:
+    record = _record(1_795_785_000.5, "v=%s")
+    record.args = ("a\rb\tc\x1b[31md\x00e\x7ff\x85g\u2028h é ✓ \\n",)
+    message = LineFormatter().format(record).split("] ", 1)[1]
+    assert message == r"v=a\rb\tc\x1b[31md\x00e\x7ff\x85g\u2028h é ✓ \n"
+    assert message.isprintable()
+
+
+def test_a_traceback_still_follows_on_lines_of_its_own() -> None:
+    record = _record(1_795_785_061.25, "failed for %s", failing=True)
+    record.args = ("x\ny",)
+    first, *rest = LineFormatter().format(record).split("\n")
+    assert first.endswith(r"failed for x\ny")
+    assert rest[0] == "Traceback (most recent call last):"
