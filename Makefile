@@ -1,5 +1,5 @@
 # Entry points; every target installs what it needs first (idempotent).
-.PHONY: run test test-unit lint brokers stop bench
+.PHONY: run test test-unit test-cluster lint brokers stop bench
 
 BROKER ?= kafka
 PYTEST_ARGS ?=
@@ -7,12 +7,17 @@ PYTEST_ARGS ?=
 run:            ## run the whole system on $(BROKER) (default kafka), no Docker
 	BROKER=$(BROKER) scripts/run.sh
 
-test:           ## lint, unit tests, then the contract suite on real Kafka, RabbitMQ and NATS
+test:           ## lint, unit tests, the contract suite on real Kafka, RabbitMQ and NATS, then node loss on 3-node clusters
 	scripts/setup.sh
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest tests/unit tests/browser -q
 	scripts/brokers.sh start all
 	.venv/bin/python -m pytest tests/contract -v $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/cluster -v -s $(PYTEST_ARGS)
+
+test-cluster:   ## only the cluster tests (3-node Kafka, RabbitMQ and NATS clusters, service replicas on PostgreSQL)
+	scripts/setup.sh
+	.venv/bin/python -m pytest tests/cluster -v -s $(PYTEST_ARGS)
 
 test-unit:
 	scripts/setup.sh

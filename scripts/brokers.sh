@@ -3,6 +3,8 @@
 #   Kafka (KRaft, single combined node, jars from Maven Central), RabbitMQ and
 #   NATS JetStream (Debian packages, run as our own processes, not as services).
 # Everything (jars, data, logs, pid files) lives under <repo>/.local/<broker>/.
+# `--nodes 3` runs a local 3-node cluster instead (scripts/brokers-cluster.sh),
+# under <repo>/.local/<broker>-cluster/node<i>/, next to the single nodes.
 # Run `scripts/brokers.sh help` for usage.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
@@ -28,18 +30,30 @@ BROKERS=(kafka rabbit nats)
 
 usage() {
   cat <<EOF
-Usage: $PROG COMMAND [TARGET...]
+Usage: $PROG COMMAND [TARGET...] [--nodes 1|3]
 
   install [kafka|rabbit|nats|prometheus|all]  install jars/packages only
   start   [kafka|rabbit|nats|all]   install if missing, start if not running, wait until ready
   stop    [kafka|rabbit|nats|all]   stop (data is kept; a restart is quick)
   status  [kafka|rabbit|nats|all]   exit 0 only if every named broker is ready
   wait    [kafka|rabbit|nats|all]   wait up to ${WAIT_TIMEOUT}s until a real client connects
+  url     [kafka|rabbit|nats|all]   print the BROKER_URL to use, one line per target
 
 TARGET defaults to all = kafka rabbit nats (prometheus is only ever installed).
 Endpoints: kafka localhost:9092 | amqp://guest:guest@localhost:5672/ | nats://127.0.0.1:4222
 State: .local/<broker>/  Env: PYTHON (probe interpreter, default .venv/bin/python),
 BROKERS_WAIT_TIMEOUT (seconds), BROKERS_KAFKA_VERSION (default ${KAFKA_VERSION%%-*}).
+
+--nodes 3: a local 3-node cluster of each TARGET instead of the single node (both
+can run at once). start (re)starts every node that is not running (a killed node
+comes back) and waits for the whole cluster; status reports each node and exits 0
+only when all 3 are up and the cluster is usable; stop stops the cluster only.
+  kafka   localhost:19092,localhost:19094,localhost:19096 (controllers :19093/:19095/:19097)
+  rabbit  amqp://guest:guest@localhost:5681/ (and :5682, :5683; nodes sb1..sb3@localhost)
+  nats    nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224
+          (routes :16222-16224, monitor :18222-18224, cluster "switchboard")
+State: .local/<broker>-cluster/node<i>/, server pid in node<i>/<broker>.pid.
+Cluster waits default to ${CL_WAIT_TIMEOUT}s (BROKERS_WAIT_TIMEOUT overrides).
 EOF
 }
 
@@ -115,18 +129,26 @@ port_pids() {
 
 # running_pid BROKER: print the pid of our running instance (adopting one whose pid file was lost)
 running_pid() {
-  local b=$1 f pid port needle
-  needle=$(bk_needle "$b")
-  for f in "$(bk_pidfile "$b")" "$(bk_launcher "$b")"; do
+  local b=$1
+  # shellcheck disable=SC2046 # bk_ports: a list of port numbers
+  find_our_pid "$(bk_needle "$b")" "$(bk_pidfile "$b")" "$(bk_launcher "$b")" $(bk_ports "$b")
+}
+
+# find_our_pid NEEDLE PIDFILE LAUNCHERFILE PORT...: the pid in either file, or the one
+# listening on a PORT, whose command line or environment has NEEDLE (written to PIDFILE)
+find_our_pid() {
+  local needle=$1 pidfile=$2 launcher=$3 f pid port
+  shift 3
+  for f in "$pidfile" "$launcher"; do
     pid=$(cat "$f" 2>/dev/null) || continue
     if alive "$pid" && pid_has "$pid" "$needle"; then echo "$pid"; return 0; fi
   done
-  for port in $(bk_ports "$b"); do
+  for port in "$@"; do
     for pid in $(port_pids "$port"); do
       [[ $pid == "?" ]] && continue
       if pid_has "$pid" "$needle"; then
-        mkdir -p "$(bk_dir "$b")"
-        echo "$pid" >"$(bk_pidfile "$b")"
+        mkdir -p "$(dirname "$pidfile")"
+        echo "$pid" >"$pidfile"
         echo "$pid"
         return 0
       fi
@@ -249,6 +271,9 @@ KLIBS="$KDIR/libs-$KAFKA_VERSION"
 KDATA="$KDIR/data"
 KLOGS="$KDIR/logs"
 KCONF="$KDIR/server.properties"
+# JVM options of every broker JVM (the heap is set per launch)
+KAFKA_JVM_OPTS=(-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+  -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true)
 is_kafka3() { [[ $KAFKA_VERSION == 3.* ]]; }
 
 java_bin() {
@@ -407,7 +432,30 @@ kafka_installed() { [[ -f $KLIBS/.complete && -f $KDATA/meta.properties ]]; }
 install_kafka() {
   local java log cid
   java=$(java_bin)
-  mkdir -p "$KDIR" "$KLOGS" "$(dirname "$KAFKA_POM")"
+  mkdir -p "$KDIR" "$KLOGS"
+  kafka_fetch_jars
+  kafka_write_config
+  if [[ ! -f $KDATA/meta.properties ]]; then
+    log="$KLOGS/format.log"
+    if [[ ! -s $KDIR/cluster.id ]]; then
+      "$java" -cp "$KLIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$KDIR/cluster.id" ||
+        die "kafka: StorageTool random-uuid failed"
+    fi
+    cid=$(cat "$KDIR/cluster.id")
+    info "kafka: formatting storage .local/kafka/data (cluster id $cid)"
+    "$java" -Dlog4j2.configurationFile="$KDIR/log4j2.xml" -Dlog4j.configuration="file:$KDIR/log4j.properties" \
+      -Dkafka.logs.dir="$KLOGS" -cp "$KLIBS/*" kafka.tools.StorageTool format \
+      -t "$cid" -c "$KCONF" -g >"$log" 2>&1 ||
+      die "kafka: formatting storage failed: $(tail -n 1 "$log") (log: .local/kafka/logs/format.log)"
+    echo "$KAFKA_VERSION" >"$KDIR/data.version"
+  fi
+}
+
+# kafka_fetch_jars: the Kafka jars in $KLIBS (shared by the single node and the cluster)
+kafka_fetch_jars() {
+  local java log
+  java=$(java_bin)
+  mkdir -p "$KDIR" "$(dirname "$KAFKA_POM")"
   kafka_pom | write_if_changed "$KAFKA_POM"
   if [[ ! -f $KLIBS/.complete ]]; then
     command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven (apt-get install maven) to fetch the Kafka jars"
@@ -427,20 +475,12 @@ install_kafka() {
     mv "$KLIBS.tmp" "$KLIBS"
     touch "$KLIBS/.complete"
   fi
-  kafka_write_config
-  if [[ ! -f $KDATA/meta.properties ]]; then
-    log="$KLOGS/format.log"
-    if [[ ! -s $KDIR/cluster.id ]]; then
-      "$java" -cp "$KLIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$KDIR/cluster.id" ||
-        die "kafka: StorageTool random-uuid failed"
-    fi
-    cid=$(cat "$KDIR/cluster.id")
-    info "kafka: formatting storage .local/kafka/data (cluster id $cid)"
-    "$java" -Dlog4j2.configurationFile="$KDIR/log4j2.xml" -Dlog4j.configuration="file:$KDIR/log4j.properties" \
-      -Dkafka.logs.dir="$KLOGS" -cp "$KLIBS/*" kafka.tools.StorageTool format \
-      -t "$cid" -c "$KCONF" -g >"$log" 2>&1 ||
-      die "kafka: formatting storage failed: $(tail -n 1 "$log") (log: .local/kafka/logs/format.log)"
-    echo "$KAFKA_VERSION" >"$KDIR/data.version"
+}
+
+# kafka_log_opt DIR: the JVM option naming the log config that kafka_write_config wrote in DIR
+kafka_log_opt() {
+  if is_kafka3; then echo "-Dlog4j.configuration=file:$1/log4j.properties"
+  else echo "-Dlog4j2.configurationFile=$1/log4j2.xml"
   fi
 }
 
@@ -460,12 +500,8 @@ launch_kafka() {
   if [[ -n $fmt && $fmt != "$KAFKA_VERSION" ]]; then
     info "kafka: note: data was formatted by Kafka $fmt, running $KAFKA_VERSION (on failure: rm -rf .local/kafka/data)"
   fi
-  if is_kafka3; then logopt="-Dlog4j.configuration=file:$KDIR/log4j.properties"
-  else logopt="-Dlog4j2.configurationFile=$KDIR/log4j2.xml"
-  fi
-  pid=$(launch "$KDIR" "$KLOGS/kafka.out" "$java" \
-    -Xmx768m -Xms768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+  logopt=$(kafka_log_opt "$KDIR")
+  pid=$(launch "$KDIR" "$KLOGS/kafka.out" "$java" -Xmx768m -Xms768m "${KAFKA_JVM_OPTS[@]}" \
     -Dkafka.logs.dir="$KLOGS" "$logopt" -cp "$KLIBS/*" kafka.Kafka "$KCONF")
   echo "$pid" >"$(bk_pidfile kafka)"
   echo "$pid" >"$(bk_launcher kafka)"
@@ -536,12 +572,13 @@ launch_rabbit() {
   echo "$pid" >"$(bk_launcher rabbit)"
 }
 
-# Our node started epmd (it inherits our environment); stop it once no node is registered.
+# The first of our nodes to start (single node or a cluster node: they share one epmd)
+# started epmd, which inherits its environment; stop it once no node is registered.
 stop_our_epmd() {
   local pid exe names
   for pid in $(port_pids 4369); do
     [[ $pid == "?" ]] && continue
-    pid_has "$pid" "$(bk_needle rabbit)" || continue
+    pid_has "$pid" "$(bk_needle rabbit)" || pid_has "$pid" "$LOCAL/rabbit-cluster/" || continue
     exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || exe=epmd
     names=$("$exe" -names 2>/dev/null) || names=""
     [[ $names == *"name "* ]] && continue
@@ -768,15 +805,33 @@ lock() {
   flock -w 300 9 || die "another $PROG is still running (lock .local/.brokers.lock)"
 }
 
+# bk_url BROKER: the BROKER_URL of the single node
+bk_url() {
+  case $1 in
+    kafka) echo "localhost:9092" ;;
+    rabbit) echo "amqp://guest:guest@localhost:5672/" ;;
+    nats) echo "nats://127.0.0.1:4222" ;;
+  esac
+}
+
 main() {
-  local cmd=${1:-} targets=() t rc=0 t0
+  local cmd=${1:-} targets=() t rc=0 t0 nodes=1 args=()
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    install | start | stop | status | wait) ;;
+    install | start | stop | status | wait | url) ;;
     -h | --help | help) usage; return 0 ;;
     "") usage >&2; return 2 ;;
     *) printf 'brokers.sh: error: unknown command "%s"\n\n' "$cmd" >&2; usage >&2; return 2 ;;
   esac
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --nodes) [[ $# -ge 2 ]] || die "--nodes needs a value (1 or 3)"; nodes=$2; shift 2 ;;
+      --nodes=*) nodes=${1#--nodes=}; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ $nodes == 1 || $nodes == 3 ]] || die "--nodes must be 1 or 3, not \"$nodes\""
+  set -- ${args[@]+"${args[@]}"}
   [[ $# -eq 0 ]] && set -- all
   for t in "$@"; do
     case $t in
@@ -795,6 +850,16 @@ main() {
     esac
   done
   [[ $WAIT_TIMEOUT =~ ^[0-9]+$ ]] || die "BROKERS_WAIT_TIMEOUT must be a number of seconds"
+  if [[ $cmd == url ]]; then
+    for t in "${targets[@]}"; do
+      if [[ $nodes == 3 ]]; then cl_url "$t"; else bk_url "$t"; fi
+    done
+    return 0
+  fi
+  if [[ $nodes == 3 && $cmd != install ]]; then # install: the same jars/packages
+    cluster_main "$cmd" "${targets[@]}"
+    return
+  fi
 
   case $cmd in
     install)
@@ -827,5 +892,8 @@ main() {
   esac
   return "$rc"
 }
+
+# shellcheck source=scripts/brokers-cluster.sh
+source "$ROOT/scripts/brokers-cluster.sh"
 
 main "$@"
