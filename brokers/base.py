@@ -86,6 +86,8 @@ REASON_EXHAUSTED = "exhausted"
 REASON_POISON = "poison"
 MAX_EXCEPTION_MESSAGE = 1000
 LAG_REFRESH_S = 1.0
+CHANNEL_CHECK_S = 2.0
+"""`consumed_channels_available` asks the broker at most this often (/ready may be polled often)."""
 BATCH_MAX = 256
 """Most messages handled in one batch (one store transaction, one acknowledgement round)."""
 MAX_UNSETTLED_BATCHES = 8
@@ -294,6 +296,8 @@ class Transport(ABC):
         self.subscriptions: list[Subscription] = []
         self.lag_watch: dict[tuple[str, str], None] = {}
         self._lag_refreshed_at = float("-inf")
+        self._channels_checked_at = float("-inf")
+        self._channels_available = True
         self._pipelines: list[tuple[_Batcher, _SettleQueue]] = []
         self._singles: list[tuple[Outgoing, asyncio.Future[BaseException | None]]] = []
         self._singles_sender: asyncio.Task[None] | None = None
@@ -452,6 +456,23 @@ class Transport(ABC):
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
         """Messages of `channel` waiting for `consumer`, or None if unknown right now
         (the consumer never subscribed, or the broker does not answer)."""
+
+    async def consumed_channels_available(self, within_s: float) -> bool:
+        """Whether every subscribed channel can be read now: the broker answers the lag of each
+        subscription within `within_s` (a partition, stream or queue without a leader does not).
+        Asked at most once per CHANNEL_CHECK_S; the answer is kept in between."""
+        now = time.monotonic()
+        if now - self._channels_checked_at < CHANNEL_CHECK_S:
+            return self._channels_available
+        self._channels_checked_at = now
+        try:
+            async with asyncio.timeout(within_s):
+                lags = [await self.consumer_lag(sub.channel, sub.consumer) for sub in self.subscriptions]
+            self._channels_available = None not in lags
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            log.debug("a consumed channel is unavailable: %s", exc)
+            self._channels_available = False
+        return self._channels_available
 
     async def refresh_lag(self) -> None:
         """Update the lag gauges, at most once per LAG_REFRESH_S however often /metrics is

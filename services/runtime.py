@@ -414,16 +414,22 @@ class Service:
             "stalled, else 503",
         )
         async def ready() -> JSONResponse:
-            """`outbox`: false once this process's relay has been unable to publish for longer than
+            """`channels`: false while a consumed channel cannot be read (no leader, or the broker does not
+            answer for it). `outbox`: false once this process's relay has been unable to publish for longer than
             OUTBOX_STALL_TIMEOUT_S (`outboxStalledSeconds`: for how long; 0 while another replica publishes)."""
-            broker_ok, store_ok = await asyncio.gather(self.transport.ping(READY_TIMEOUT_S), self.db.ping())
+            broker_ok, store_ok, channels_ok = await asyncio.gather(
+                self.transport.ping(READY_TIMEOUT_S),
+                self.db.ping(),
+                self.transport.consumed_channels_available(READY_TIMEOUT_S),
+            )
             stalled_s = self.outbox.stalled_for()
             outbox_ok = stalled_s <= self.settings.outbox_stall_timeout_s
-            status = 200 if broker_ok and store_ok and self._subscribed and outbox_ok else 503
+            status = 200 if broker_ok and store_ok and channels_ok and self._subscribed and outbox_ok else 503
             body = {
                 "status": "UP" if status == 200 else "DOWN",
                 "broker": broker_ok,
                 "store": store_ok,
+                "channels": channels_ok,
                 "subscribed": self._subscribed,
                 "outbox": outbox_ok,
                 "outboxStalledSeconds": round(stalled_s, 1),

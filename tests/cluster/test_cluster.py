@@ -12,6 +12,7 @@ nothing else), new orders complete again.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.cluster.cluster import Cluster
 from tests.cluster.replicas import Replicas
 from tests.support.system import eventually, uid
 
-BROKERS = ["kafka", "rabbit", "nats"]
+BROKERS = [b for b in os.environ.get("TEST_BROKERS", "kafka,rabbit,nats").split(",") if b]
 ORDERS = 1000
 RATE = 100.0
 KILL_NODE_AT = 300

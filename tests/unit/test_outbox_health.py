@@ -208,6 +208,7 @@ async def http(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClie
         pass
 
     monkeypatch.setattr(service.transport, "ping", broker_answers)
+    monkeypatch.setattr(service.transport, "consumed_channels_available", broker_answers)
     monkeypatch.setattr(service.transport, "refresh_lag", no_lag)
     monkeypatch.setattr(service, "_subscribed", True)
     monkeypatch.setattr(service.settings, "outbox_stall_timeout_s", STALL_TIMEOUT_S)
