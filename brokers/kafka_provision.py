@@ -1,6 +1,6 @@
 """Kafka topics, created before use with a partition count and replication factor.
 
-Wanted per topic: KAFKA_PARTITIONS (6); RF = KAFKA_REPLICATION_FACTOR, else min(3, brokers
+Wanted per topic: KAFKA_PARTITIONS (3); RF = KAFKA_REPLICATION_FACTOR, else min(3, brokers
 in the cluster metadata); `min.insync.replicas` = KAFKA_MIN_INSYNC_REPLICAS, else RF − 1
 when RF ≥ 2 (else not set). An existing topic is described and compared: a difference
 is reported, never altered (more partitions would move keys to other partitions).

@@ -35,7 +35,7 @@ class Provisioning:
 
     enabled: bool = True
     """False: the service declares nothing and assumes an operator provisioned (see each transport)."""
-    kafka_partitions: int = 6
+    kafka_partitions: int = 3
     kafka_replication_factor: int | None = None
     kafka_min_insync_replicas: int | None = None
     nats_stream_replicas: int | None = None

@@ -2,7 +2,7 @@
 services create, with which settings, and what they do with an object declared otherwise
 (report it as a MISMATCH and leave it as it is, never fail).
 
-Single node: Kafka topics get 6 partitions and replication factor 1 (no min.insync.replicas),
+Single node: Kafka topics get 3 partitions and replication factor 1 (no min.insync.replicas),
 JetStream streams 1 replica; RabbitMQ queues are quorum queues whatever the node count."""
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ async def test_provision_creates_what_the_services_use_once(broker: str, namespa
 
     if broker == "kafka":
         for topic in ("order-events", "order-events.DLT", "order-events.inventory-service.retry-400ms"):
-            assert await inspect.topic(ch(topic)) == (6, 1), topic
-            assert first[f"topic {ch(topic)}"][1] == "partitions 6, replication factor 1"  # 1 node: no min ISR
+            assert await inspect.topic(ch(topic)) == (3, 1), topic
+            assert first[f"topic {ch(topic)}"][1] == "partitions 3, replication factor 1"  # 1 node: no min ISR
         assert len(first) == 3 * 2 + 8 * 2  # channels + DLTs, 8 subscriptions × 2 retry tiers
     elif broker == "nats":
         for channel in ("order-events", "payment-events"):
@@ -181,7 +181,7 @@ async def test_an_object_declared_otherwise_is_reported_and_left_as_it_is(
         topic = f"{namespace}.order-events"
         await inspect.client.create_topics([NewTopic(topic, 2, 1)])
         status, outcomes = await provision_cli(broker, namespace)
-        assert outcomes.pop(f"topic {topic}") == (MISMATCH, "partitions 2 (wanted 6)")
+        assert outcomes.pop(f"topic {topic}") == (MISMATCH, "partitions 2 (wanted 3)")
         assert await inspect.topic(topic) == (2, 1)
     elif broker == "rabbit":
         queue = f"{namespace}.order-events.DLT"
@@ -239,7 +239,7 @@ async def test_the_running_services_provisioned_what_they_use(system: System, in
     order_events = system.channel("order-events")
     if system.broker == "kafka":
         for topic in ("", ".DLT", ".inventory-service.retry-400ms", ".notification-service.retry-800ms"):
-            assert await inspect.topic(order_events + topic) == (6, 1), topic
+            assert await inspect.topic(order_events + topic) == (3, 1), topic
     elif system.broker == "nats":
         js = inspect.client.jetstream()
         for stream in (stream_name(order_events), stream_name(order_events) + "-DLT"):

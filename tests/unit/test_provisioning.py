@@ -145,7 +145,7 @@ class FakeAdmin:
         for topic in new_topics:
             self.created.append(topic)
             if topic.name in self.race:  # another service created it between list and create
-                self.topics[topic.name] = (6, min(3, self.brokers), 2)
+                self.topics[topic.name] = (3, min(3, self.brokers), 2)
                 errors.append({"topic": topic.name, "error_code": 36, "error_message": "exists"})
             elif topic.name in self.refuse:
                 errors.append({"topic": topic.name, "error_code": self.refuse[topic.name], "error_message": "no"})
@@ -187,10 +187,10 @@ async def test_kafka_creates_missing_topics_with_partitions_rf_and_min_isr() -> 
     admin = FakeAdmin(brokers=5)
     outcomes = await provision_topics(admin, ["b", "a", "a"], Provisioning())  # type: ignore[arg-type]
     assert [(o.name, o.outcome) for o in outcomes] == [("a", CREATED), ("b", CREATED)]
-    assert outcomes[0].detail == "partitions 6, replication factor 3, min.insync.replicas 2"
+    assert outcomes[0].detail == "partitions 3, replication factor 3, min.insync.replicas 2"
     assert [(t.name, t.num_partitions, t.replication_factor, t.topic_configs) for t in admin.created] == [
-        ("a", 6, 3, {"min.insync.replicas": "2"}),
-        ("b", 6, 3, {"min.insync.replicas": "2"}),
+        ("a", 3, 3, {"min.insync.replicas": "2"}),
+        ("b", 3, 3, {"min.insync.replicas": "2"}),
     ]
     assert admin.described == ["a", "b"]  # created, then awaited in the metadata: never described before
 
@@ -198,19 +198,19 @@ async def test_kafka_creates_missing_topics_with_partitions_rf_and_min_isr() -> 
 async def test_kafka_single_broker_gets_rf_1_and_no_min_isr() -> None:
     admin = FakeAdmin(brokers=1)
     [outcome] = await provision_topics(admin, ["t"], Provisioning())  # type: ignore[arg-type]
-    assert outcome.detail == "partitions 6, replication factor 1"
+    assert outcome.detail == "partitions 3, replication factor 1"
     assert admin.created[0].replication_factor == 1
     assert admin.created[0].topic_configs == {}
 
 
 async def test_kafka_existing_topic_is_compared_and_a_mismatch_reported_not_altered() -> None:
-    admin = FakeAdmin(brokers=3, topics={"same": (6, 3, 2), "other": (1, 1, 1)})
+    admin = FakeAdmin(brokers=3, topics={"same": (3, 3, 2), "other": (1, 1, 1)})
     outcomes = await provision_topics(admin, ["same", "other", "new"], Provisioning())  # type: ignore[arg-type]
     by_name = {o.name: o for o in outcomes}
     assert by_name["same"].outcome == EXISTS
     assert by_name["other"].outcome == MISMATCH
     assert by_name["other"].detail == (
-        "partitions 1 (wanted 6); replication factor 1 (wanted 3); min.insync.replicas 1 (wanted 2)"
+        "partitions 1 (wanted 3); replication factor 1 (wanted 3); min.insync.replicas 1 (wanted 2)"
     )
     assert by_name["new"].outcome == CREATED
     assert [t.name for t in admin.created] == ["new"]
@@ -226,7 +226,7 @@ async def test_kafka_topic_created_meanwhile_by_another_service_is_harmless() ->
 
 
 async def test_kafka_dry_run_creates_nothing_and_refusals_are_reported() -> None:
-    admin = FakeAdmin(brokers=1, topics={"old": (6, 1, 1)})
+    admin = FakeAdmin(brokers=1, topics={"old": (3, 1, 1)})
     outcomes = await provision_topics(admin, ["old", "new"], Provisioning(), dry_run=True)  # type: ignore[arg-type]
     assert [(o.name, o.outcome) for o in outcomes] == [("new", WOULD_CREATE), ("old", EXISTS)]
     assert admin.created == []
