@@ -22,10 +22,10 @@ os.environ.update({"BROKER": "kafka", "DATA_DIR": tempfile.mkdtemp(prefix="sb-un
 from brokers.base import EVENT_ID_HEADER, Outgoing
 from services import order
 from services import outbox as outbox_module
-from services.events import InventoryRejected
 from services.outbox import Outbox
-from services.store import Database, Tx
+from services.store import Database
 from tests.support.system import eventually
+from tests.unit.test_outbox import add_events
 
 STALL_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10
@@ -72,14 +72,6 @@ async def relay(
         async with asyncio.timeout(STOP_TIMEOUT_S):
             await box.stop()
         await db.close()
-
-
-def add_events(box: Outbox, count: int) -> Callable[[Tx], None]:
-    def write(tx: Tx) -> None:
-        for i in range(count):
-            box.add(tx, "inventory-events", InventoryRejected(order_id=f"o{i}", reason="test"))
-
-    return write
 
 
 async def poll(probe: Callable[[], object], what: str) -> None:
