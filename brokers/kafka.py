@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -112,6 +114,10 @@ FATAL_PRODUCER_ERRORS = (
     InvalidProducerEpoch,
     ProducerClosed,
 )
+ASSIGNORS = (RoundRobinPartitionAssignor, RangePartitionAssignor)
+"""Offered in this order: a group of our consumers alone uses round robin; the Java client offers
+range (and cooperative-sticky) by default, so a group shared with Java consumers agrees on range
+(offering only round robin, our consumers got InconsistentGroupProtocol and stopped consuming)."""
 REVOKE_SETTLE_S = 5.0
 """How long a revocation waits for the batches in flight to be handled and settled (a batch
 takes ~0.1 s); the group's rebalance waits for it meanwhile."""
@@ -155,6 +161,7 @@ class KafkaTransport(Transport):
             "max_records": BATCH_MAX,
             "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
             "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "partition_assignment_strategy": ASSIGNORS,
         }
         router.subscriber(
             sub.channel,
@@ -195,6 +202,7 @@ class KafkaTransport(Transport):
             auto_offset_reset="earliest",
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             session_timeout_ms=SESSION_TIMEOUT_MS,
+            partition_assignment_strategy=ASSIGNORS,
             ack_policy=AckPolicy.ACK,
             decoder=decode_raw,
             title=f"{dead_letter_channel(channel)}:{consumer}",
