@@ -3,9 +3,12 @@
 `POST /orders` stores the order and its `OrderCreated` in one transaction (outbox),
 so it answers 202 even while the broker is down. The order's status then follows
 inventory and payment events: PENDING → RESERVED → CONFIRMED, PENDING → REJECTED,
-RESERVED → CANCELLED. Status only ever moves forward, so repeated or out-of-order
-events are harmless; each move is one conditional UPDATE, so concurrent moves (two replicas,
-two subscriptions) cannot move it back either.
+RESERVED → CANCELLED. Inventory and payment events arrive on different channels, in any
+order: a payment outcome handled before the reservation is kept with the order and applied
+when the reservation arrives (PENDING → CONFIRMED or CANCELLED at once). A payment for an order
+that was rejected, or is unknown, is impossible: ignored, logged and counted. Status only ever
+moves forward, so repeated events are harmless; each move is one conditional UPDATE, so
+concurrent moves (two replicas, two subscriptions) cannot move it back either.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Path
@@ -43,15 +47,17 @@ service = Service("order", title="Order service", description="Accepts orders an
 ORDERS = service.table("orders")
 service.schema += [
     f"CREATE TABLE IF NOT EXISTS {ORDERS} (order_id TEXT PRIMARY KEY, user_id TEXT, items TEXT NOT NULL,"
-    " status TEXT NOT NULL, reason TEXT, fingerprint TEXT NOT NULL)",
+    " status TEXT NOT NULL, reason TEXT, fingerprint TEXT NOT NULL, payment TEXT, payment_reason TEXT)",
+    f"ALTER TABLE {ORDERS} ADD COLUMN IF NOT EXISTS payment TEXT",
+    f"ALTER TABLE {ORDERS} ADD COLUMN IF NOT EXISTS payment_reason TEXT",
 ]
 
 count_created = service.counter("orders_created", "Orders accepted (an idempotent repeat is not counted).")
 count_status = service.counter("order_status_changes", "Order status transitions, by the status reached.", "status")
+count_impossible = service.counter(
+    "saga_impossible_events", "Events impossible for the order's state (ignored), by event type.", "event"
+)
 
-STATUS_RANK = {"PENDING": 0, "RESERVED": 1, "CONFIRMED": 2, "CANCELLED": 2, "REJECTED": 2}
-MOVES_FROM = {status: tuple(s for s, r in STATUS_RANK.items() if r < rank) for status, rank in STATUS_RANK.items()}
-"""For each status, the statuses an order may move to it from: those of lower rank."""
 PLACE_JOIN_WINDOW_S = 0.001
 """POSTs wait this long for concurrent ones to share their SQLite COMMIT: at moderate rates
 they arrive a few hundred microseconds apart, rarely in one event-loop turn, and each paid for
@@ -166,41 +172,97 @@ async def get_order(order_id: Annotated[str, Path(min_length=1, max_length=64)])
     return OrderView(order_id=row[0], status=row[1], user_id=row[2], items=json.loads(row[3]), reason=row[4])
 
 
-def _advance(tx: Tx, order_id: str, status: str, reason: str | None) -> bool:
-    """Move the order to `status` if its current status ranks lower; True if it moved. One
-    statement: PostgreSQL (READ COMMITTED) re-checks the WHERE on a row a concurrent move just
-    committed, so the later of two moves can never overwrite a higher status."""
-    lower = MOVES_FROM[status]
-    if not lower:
-        return False
-    marks = ",".join("?" * len(lower))
+def _advance(tx: Tx, order_id: str, status: str, reason: str | None, *, from_: Sequence[str]) -> bool:
+    """Move the order from one of `from_` to `status`; True if it moved. One statement:
+    PostgreSQL (READ COMMITTED) re-checks the WHERE on a row a concurrent move just committed,
+    so the later of two moves can never overwrite a higher status."""
+    marks = ",".join("?" * len(from_))
     changed = tx.execute(
         f"UPDATE {ORDERS} SET status = ?, reason = ? WHERE order_id = ? AND status IN ({marks})",
-        (status, reason, order_id, *lower),
+        (status, reason, order_id, *from_),
     )
     return changed == 1
 
 
-async def _move(order_id: str, status: str, reason: str | None = None) -> None:
-    if await service.db.transaction(lambda tx: _advance(tx, order_id, status, reason)):
+def _reserve(tx: Tx, order_id: str) -> str | None:
+    """PENDING → RESERVED, or straight to a payment outcome that came first; the status reached."""
+    changed = tx.execute(
+        f"UPDATE {ORDERS} SET status = CASE payment WHEN 'PaymentProcessed' THEN 'CONFIRMED'"
+        " WHEN 'PaymentFailed' THEN 'CANCELLED' ELSE 'RESERVED' END,"
+        " reason = CASE WHEN payment IS NULL THEN reason ELSE payment_reason END"
+        " WHERE order_id = ? AND status = 'PENDING'",
+        (order_id,),
+    )
+    row = tx.fetchone(f"SELECT status FROM {ORDERS} WHERE order_id = ?", (order_id,)) if changed else None
+    return str(row[0]) if row else None
+
+
+def _reject(tx: Tx, order_id: str, reason: str) -> tuple[bool, bool]:
+    """PENDING → REJECTED: (moved, whether a payment had come for the order, which is impossible)."""
+    if not _advance(tx, order_id, "REJECTED", reason, from_=("PENDING",)):
+        return False, False
+    row = tx.fetchone(f"SELECT payment FROM {ORDERS} WHERE order_id = ?", (order_id,))
+    return True, bool(row and row[0])
+
+
+MOVED, KEPT, REPEATED, IMPOSSIBLE = "moved", "kept", "repeated", "impossible"
+PAYMENT_ATTEMPTS = 3
+
+
+def _pay(tx: Tx, order_id: str, event_type: str, status: str, reason: str | None) -> str:
+    """A payment outcome: RESERVED → `status` (MOVED); kept for a PENDING order until its
+    reservation arrives (KEPT); REPEATED for an order already paid; IMPOSSIBLE for an unknown or
+    rejected order. Retried when another replica reserves the order between the statements."""
+    for _ in range(PAYMENT_ATTEMPTS):
+        if _advance(tx, order_id, status, reason, from_=("RESERVED",)):
+            return MOVED
+        kept = tx.execute(
+            f"UPDATE {ORDERS} SET payment = ?, payment_reason = ?"
+            " WHERE order_id = ? AND status = 'PENDING' AND payment IS NULL",
+            (event_type, reason, order_id),
+        )
+        if kept:
+            return KEPT
+        row = tx.fetchone(f"SELECT status, payment FROM {ORDERS} WHERE order_id = ?", (order_id,))
+        if row is None or row[0] == "REJECTED":
+            return IMPOSSIBLE
+        if row[0] != "RESERVED":  # paid already (CONFIRMED, CANCELLED, or kept while PENDING)
+            return REPEATED
+    return REPEATED
+
+
+def _moved(order_id: str, status: str | None, reason: str | None = None) -> None:
+    if status is not None:
         count_status(status=status)
         log.info("order %s → %s%s", order_id, status, f" ({reason})" if reason else "")
 
 
+def _impossible(event: Any, why: str) -> None:
+    count_impossible(event=event.event_type)
+    log.warning("ignoring %s for order %s: %s", event.event_type, event.order_id, why)
+
+
 async def track_inventory(event: InventoryReserved | InventoryRejected | Any) -> None:
-    """Move the order to RESERVED or REJECTED."""
+    """Move the order to RESERVED (or to the payment outcome that came first) or REJECTED."""
     if isinstance(event, InventoryReserved):
-        await _move(event.order_id, "RESERVED")
+        _moved(event.order_id, await service.db.transaction(lambda tx: _reserve(tx, event.order_id)))
     elif isinstance(event, InventoryRejected):
-        await _move(event.order_id, "REJECTED", event.reason)
+        moved, paid = await service.db.transaction(lambda tx: _reject(tx, event.order_id, event.reason))
+        _moved(event.order_id, "REJECTED" if moved else None, event.reason)
+        if paid:
+            _impossible(event, "a payment had come for this order, which was never reserved")
 
 
 async def track_payment(event: PaymentProcessed | PaymentFailed) -> None:
-    """Move the order to CONFIRMED or CANCELLED."""
-    if isinstance(event, PaymentProcessed):
-        await _move(event.order_id, "CONFIRMED")
-    else:
-        await _move(event.order_id, "CANCELLED", event.reason)
+    """Move a reserved order to CONFIRMED or CANCELLED; keep the outcome of one not reserved yet."""
+    status, reason = ("CONFIRMED", None) if isinstance(event, PaymentProcessed) else ("CANCELLED", event.reason)
+    outcome = await service.db.transaction(lambda tx: _pay(tx, event.order_id, event.event_type, status, reason))
+    if outcome == MOVED:
+        _moved(event.order_id, status, reason)
+    elif outcome == KEPT:
+        log.info("order %s: %s kept until its stock is reserved", event.order_id, event.event_type)
+    elif outcome == IMPOSSIBLE:
+        _impossible(event, "the order is unknown or was rejected, so it was never reserved")
 
 
 service.subscribe(INVENTORY_EVENTS, track_inventory, InventoryEvent, "Moves orders to RESERVED or REJECTED.")

@@ -41,10 +41,14 @@ async def replicas(postgres_server: str) -> AsyncIterator[tuple[Database, Databa
 
 
 @pytest.mark.parametrize(
-    ("payment", "final"), [(("CONFIRMED", None), "CONFIRMED"), (("CANCELLED", DECLINED), "CANCELLED")]
+    ("payment", "final"),
+    [
+        (("PaymentProcessed", "CONFIRMED", None), "CONFIRMED"),
+        (("PaymentFailed", "CANCELLED", DECLINED), "CANCELLED"),
+    ],
 )
 async def test_concurrent_moves_on_two_replicas_end_at_the_later_status(
-    replicas: tuple[Database, Database], payment: tuple[str, str | None], final: str
+    replicas: tuple[Database, Database], payment: tuple[str, str, str | None], final: str
 ) -> None:
     from services import order
 
@@ -65,11 +69,11 @@ async def test_concurrent_moves_on_two_replicas_end_at_the_later_status(
         if i % 2:  # each replica applies either event
             reserve, pay = pay, reserve
         await asyncio.gather(
-            reserve.transaction(lambda tx, order_id=order_id: order._advance(tx, order_id, "RESERVED", None)),
-            pay.transaction(lambda tx, order_id=order_id: order._advance(tx, order_id, *payment)),
+            reserve.transaction(lambda tx, order_id=order_id: order._reserve(tx, order_id)),
+            pay.transaction(lambda tx, order_id=order_id: order._pay(tx, order_id, *payment)),
         )
 
     ended = await first.transaction(
         lambda tx: tx.fetchall(f"SELECT status, reason, COUNT(*) FROM {order.ORDERS} GROUP BY status, reason")
     )
-    assert ended == [(final, payment[1], ORDERS)]
+    assert ended == [(final, payment[2], ORDERS)]

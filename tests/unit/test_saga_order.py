@@ -123,32 +123,73 @@ class Interleaved(Tx):
         return self._tx.fetchall(sql, params)
 
 
-MAX_STATEMENTS = 3
+MAX_STATEMENTS = 3 * order.PAYMENT_ATTEMPTS + 1
 """More statements than a move runs: the other move comes in at every point of it."""
+MOVES: dict[str, Callable[[Tx, str], object]] = {
+    "reserve": lambda tx, oid: order._reserve(tx, oid),
+    "pay": lambda tx, oid: order._pay(tx, oid, "PaymentProcessed", "CONFIRMED", None),
+    "decline": lambda tx, oid: order._pay(tx, oid, "PaymentFailed", "CANCELLED", DECLINED),
+}
 
 
 @pytest.mark.usefixtures("store")
 @pytest.mark.parametrize(
     ("this", "other", "final"),
     [
-        (("RESERVED", None), ("CONFIRMED", None), "CONFIRMED"),
-        (("CONFIRMED", None), ("RESERVED", None), "CONFIRMED"),
-        (("RESERVED", None), ("CANCELLED", DECLINED), "CANCELLED"),
-        (("CANCELLED", DECLINED), ("RESERVED", None), "CANCELLED"),
+        ("reserve", "pay", ("CONFIRMED", None)),
+        ("pay", "reserve", ("CONFIRMED", None)),
+        ("reserve", "decline", ("CANCELLED", DECLINED)),
+        ("decline", "reserve", ("CANCELLED", DECLINED)),
     ],
 )
 async def test_a_move_committed_between_the_statements_of_another_never_moves_the_status_back(
-    this: tuple[str, str | None], other: tuple[str, str | None], final: str
+    this: str, other: str, final: tuple[str, str | None]
 ) -> None:
     for at in range(MAX_STATEMENTS + 1):
         order_id = await place()
 
         def this_move(tx: Tx, order_id: str = order_id, at: int = at) -> None:
-            interleaved = Interleaved(tx, at, lambda inner: order._advance(inner, order_id, *other))
-            order._advance(interleaved, order_id, *this)
+            interleaved = Interleaved(tx, at, lambda inner: MOVES[other](inner, order_id))
+            MOVES[this](interleaved, order_id)
             interleaved.finish()
 
         await service.db.transaction(this_move)
-        assert await status_of(order_id) == (final, other[1] if other[0] == final else this[1]), (
-            f"the other move came in before statement {at}"
-        )
+        assert await status_of(order_id) == final, f"the other move came in before statement {at}"
+
+
+@pytest.mark.usefixtures("store")
+@pytest.mark.parametrize("first", ["payment", "rejection"])
+async def test_a_payment_for_an_order_never_reserved_is_ignored_and_counted(first: str) -> None:
+    order_id = await place()
+    events = [EVENTS["paid"](order_id), EVENTS["rejected"](order_id)]
+    before = _impossible_count()
+    for event in events if first == "payment" else reversed(events):
+        await deliver(event)
+    assert await status_of(order_id) == ("REJECTED", NO_STOCK)
+    assert _impossible_count() == before + 1
+
+
+@pytest.mark.usefixtures("store")
+async def test_a_payment_for_an_unknown_order_is_ignored_and_counted() -> None:
+    before = _impossible_count()
+    await deliver(EVENTS["paid"](uid("unknown-")))
+    assert _impossible_count() == before + 1
+
+
+@pytest.mark.usefixtures("store")
+async def test_a_payment_that_came_first_waits_for_the_reservation() -> None:
+    order_id = await place()
+    await deliver(EVENTS["paid"](order_id))
+    assert await status_of(order_id) == ("PENDING", None)
+    await deliver(EVENTS["reserved"](order_id))
+    assert await status_of(order_id) == ("CONFIRMED", None)
+
+
+def _impossible_count() -> float:
+    return sum(
+        sample.value
+        for metric in service.registry.collect()
+        if metric.name == "saga_impossible_events"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
