@@ -7,9 +7,10 @@ PYTEST_ARGS ?=
 run:            ## run the whole system on $(BROKER) (default kafka), no Docker
 	BROKER=$(BROKER) scripts/run.sh
 
-test:           ## lint, unit tests, the contract suite on real Kafka, RabbitMQ and NATS, then node loss on 3-node clusters
+test:           ## lint and type check, unit tests, the contract suite on real Kafka, RabbitMQ and NATS, then node loss on 3-node clusters
 	scripts/setup.sh
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit tests/browser -q
 	scripts/brokers.sh start all
 	.venv/bin/python -m pytest tests/contract -v $(PYTEST_ARGS)
@@ -26,6 +27,7 @@ test-unit:
 lint:
 	scripts/setup.sh
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 brokers:        ## start all three brokers
 	scripts/brokers.sh start all

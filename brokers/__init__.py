@@ -6,7 +6,7 @@ everything else talks to the `Transport` interface in `brokers.base`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brokers.base import Observability, RetryPolicy, Subscription, Transport
 from brokers.metrics import DeliveryMetrics
@@ -49,8 +49,9 @@ def provisioning(settings: Settings) -> Provisioning:
 
 def create_transport(
     settings: Settings, registry: CollectorRegistry, app_name: str, tracer_provider: TracerProvider | None = None
-) -> Transport:
+) -> Transport[Any]:
     """Build the transport named by `settings.broker` (validated: kafka | rabbit | nats)."""
+    transport_cls: type[Transport[Any]]
     if settings.broker == "kafka":
         from brokers.kafka import KafkaTransport as transport_cls
     elif settings.broker == "rabbit":

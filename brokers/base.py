@@ -45,7 +45,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 from faststream import BaseMiddleware, Context
 from faststream.prometheus.types import PublishingStatus
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from brokers.provisioning import Provisioned
 
 T = TypeVar("T")
+BrokerT = TypeVar("BrokerT", bound="BrokerUsecase[Any, Any]")
 log = logging.getLogger("switchboard.delivery")
 events_log = logging.getLogger("switchboard.events")
 """One line per delivery, naming its outcome (handled, retrying, dead-lettering) and the message:
@@ -268,7 +269,7 @@ def attempt_header(headers: dict[str, Any], default: int = 1) -> int:
         return default
 
 
-class Transport(ABC):
+class Transport(ABC, Generic[BrokerT]):
     """One broker behind the project's delivery contract (module docstring)."""
 
     label: ClassVar[str]
@@ -305,7 +306,7 @@ class Transport(ABC):
         self._broker = self._build_broker()
 
     @abstractmethod
-    def _build_broker(self) -> BrokerUsecase[Any, Any]:
+    def _build_broker(self) -> BrokerT:
         """The FastStream broker, with `broker_options` and the broker's own durability settings."""
 
     def broker_options(self, prometheus_middleware: type, telemetry_middleware: type) -> dict[str, Any]:
@@ -326,7 +327,7 @@ class Transport(ABC):
         }
 
     @property
-    def broker(self) -> BrokerUsecase[Any, Any]:
+    def broker(self) -> BrokerT:
         """The FastStream broker (for the app, AsyncAPI and testing)."""
         return self._broker
 
@@ -500,7 +501,7 @@ class Transport(ABC):
         """Move up to `limit` not-yet-replayed messages of `<channel>.DLT` back to their
         original channel. Each message is replayed once: running it twice replays nothing new."""
 
-    async def start_extras(self) -> None:  # noqa: B027 - optional hook
+    async def start_extras(self) -> None:
         """Declare broker objects the subscribers do not declare themselves: with provisioning on,
         everything the service subscribes, publishes, retries and dead-letters to (`provision`)."""
 
@@ -511,7 +512,7 @@ class Transport(ABC):
         create nothing. Needs the broker connection."""
         return []
 
-    async def stop_extras(self) -> None:  # noqa: B027 - optional hook
+    async def stop_extras(self) -> None:
         """Release what `start_extras` acquired."""
 
     # --- batches and the failure policy, shared; brokers supply the native moves -------
@@ -657,7 +658,7 @@ class Transport(ABC):
         """The deliveries in FastStream's message (one, or a batch), in channel order. Brokers
         without native delay put not-yet-due retries back here and leave them out."""
 
-    async def _give_back(self, msg: StreamMessage[Any]) -> None:  # noqa: B027 - optional hook
+    async def _give_back(self, msg: StreamMessage[Any]) -> None:
         """A message that arrived while draining: by default it stays unacknowledged and the broker
         delivers it again once this consumer is gone (Kafka: uncommitted; RabbitMQ: requeued
         when the channel closes). Brokers that would wait a timeout for that release it."""
@@ -698,7 +699,8 @@ class _Batcher:
             await asyncio.wait([self._worker])
 
     def _next_batch(self) -> list[tuple[list[Delivery], asyncio.Future[None]]]:
-        taken, size = [], 0
+        taken: list[tuple[list[Delivery], asyncio.Future[None]]] = []
+        size = 0
         while self._waiting and (not taken or size + len(self._waiting[0][0]) <= BATCH_MAX):
             item = self._waiting.pop(0)
             taken.append(item)

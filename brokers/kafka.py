@@ -127,7 +127,7 @@ def retry_topic(sub: Subscription, delay_ms: int) -> str:
     return f"{sub.channel}.{sub.consumer}.retry-{delay_ms}ms"
 
 
-class KafkaTransport(Transport):
+class KafkaTransport(Transport[KafkaBroker]):
     label = "kafka"
     client_producer = AioKafkaFastProducerImpl
 

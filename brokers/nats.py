@@ -105,7 +105,7 @@ def dlt_stream_of(channel: str) -> JStream:
     return JStream(stream_name(channel) + "-DLT", subjects=[channel + ".DLT"], declare=True)
 
 
-class NatsTransport(Transport):
+class NatsTransport(Transport[NatsBroker]):
     label = "nats"
     client_producer = NatsFastProducerImpl
 
@@ -212,7 +212,7 @@ class NatsTransport(Transport):
                     **dict(stored.headers or {}),
                     **dead_letter_headers(sub, exc, int(info.get("deliveries", 0))),
                 }
-                await self._publish_dead_letter(sub, stored.data, headers)
+                await self._publish_dead_letter(sub, stored.data or b"", headers)
                 self.metrics.dead_lettered(sub.channel, sub.consumer, REASON_EXHAUSTED)
                 log.error("dead-lettered %s seq %s for %s: %s", sub.channel, info.get("stream_seq"), sub.consumer, exc)
             except Exception:

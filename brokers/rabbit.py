@@ -30,7 +30,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aio_pika import IncomingMessage
 from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, DeliveryError
@@ -73,7 +73,7 @@ from brokers.rabbit_failover import NodeFailover
 from brokers.rabbit_provision import declare_nothing, provision_objects
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from faststream.message import StreamMessage
     from prometheus_client import CollectorRegistry
@@ -128,7 +128,7 @@ class _BatchingSubscriber(RabbitSubscriber):
 
     async def consume(self, msg: Any) -> Any:
         if isinstance(msg, _Batch):
-            return await super().consume(msg)
+            return await super().consume(msg)  # type: ignore[arg-type]  # a batch stands in for its first message
         intake = _intakes.setdefault(id(self), _Intake())
         intake.waiting.append(msg)
         if intake.worker is None or intake.worker.done():
@@ -140,7 +140,7 @@ class _BatchingSubscriber(RabbitSubscriber):
         while waiting:
             batch = _Batch(waiting[:BATCH_MAX])
             del waiting[:BATCH_MAX]
-            await super().consume(batch)
+            await super().consume(batch)  # type: ignore[arg-type]
 
 
 async def _parse_batch(batch: _Batch) -> RabbitMessage:
@@ -219,7 +219,7 @@ def dead_letter_queue(channel: str) -> RabbitQueue:
     return RabbitQueue(dead_letter_channel(channel), queue_type=QueueType.QUORUM, durable=True)
 
 
-class RabbitTransport(Transport):
+class RabbitTransport(Transport[RabbitBroker]):
     label = "rabbitmq"
     client_producer = AioPikaFastProducerImpl
 
@@ -389,15 +389,15 @@ class RabbitTransport(Transport):
         connection = self._broker._connection
         if connection is None or connection.is_closed:
             return None
-        channel = await connection.channel()
+        amqp_channel = await connection.channel()
         try:
-            queue = await channel.declare_queue(queue_name, passive=True)
+            queue = await amqp_channel.declare_queue(queue_name, passive=True)
             return int(queue.declaration_result.message_count or 0)
         except ChannelClosed:
             return None
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            if not amqp_channel.is_closed:
+                await amqp_channel.close()
 
     # --- dead-letter tooling -----------------------------------------------------
     async def _drain(self, channel: str, limit: int, *, consume: bool) -> list[DeadLetter]:
@@ -426,7 +426,7 @@ class RabbitTransport(Transport):
                         exchange=exchange_of(letter.original_destination),
                         routing_key=headers.get(EVENT_TYPE_HEADER, ""),
                         persist=True,
-                        headers=replay_headers(letter),
+                        headers=cast("dict[str, Any]", replay_headers(letter)),
                     )
                     await incoming.ack()
                 else:
@@ -477,7 +477,7 @@ def _addressed(m: Outgoing, now: datetime) -> tuple[str, str, Basic.Properties]:
         correlation_id=_text(m.headers.get(EVENT_ID_HEADER) or "") or None,
         message_id=message_id,
         timestamp=now,
-        headers=headers,
+        headers=cast("dict[str, Any]", headers),  # text values: valid AMQP field values
     )
     return exchange, routing_key, properties
 
@@ -488,7 +488,7 @@ def _routing_key(headers: dict[str, str]) -> str:
     return headers.get(EVENT_TYPE_HEADER, "")
 
 
-def _carried(headers: dict[str, Any]) -> dict[str, Any]:
+def _carried(headers: Mapping[str, Any]) -> dict[str, Any]:
     """Headers a retried or dead-lettered copy keeps: RabbitMQ's own death records stay behind."""
     return {k: v for k, v in headers.items() if not k.startswith(("x-death", "x-first-death", "x-last-death"))}
 

@@ -88,7 +88,7 @@ class OfflineAsyncAPIRoute(AsyncAPIRoute):
     FastStream's page template hard-codes favicons on asyncapi.com; everything else
     (JS/CSS URLs, sections, try-it-out) is FastStream's own rendering."""
 
-    def __call__(self, schema: SpecificationFactory) -> HttpHandler:
+    def __call__(self, schema: SpecificationFactory) -> HttpHandler:  # type: ignore[override]  # FastStream's GetHandler is an HttpHandler that answers GET only
         cached: bytes | None = None
 
         @get(
@@ -162,7 +162,7 @@ def add_docs_routes(api: FastAPI, docs_path: str, assets: DocsAssets | None = No
     offline = assets.swagger_offline
     if not offline:
         _warn_cdn(docs_path)
-    swagger_urls = (
+    swagger_urls: dict[str, Any] = (
         {
             "swagger_js_url": f"{ASSETS_PATH}/swagger-ui-bundle.js",
             "swagger_css_url": f"{ASSETS_PATH}/swagger-ui.css",

@@ -202,7 +202,7 @@ class ValidationErrorBody(BaseModel):
     errors: list[FieldError]
 
 
-ERROR_ANSWERS = {
+ERROR_ANSWERS: dict[str, tuple[str, type[BaseModel]]] = {
     "400": ("body is not UTF-8 text", ErrorBody),
     "413": (f"body over {MAX_BODY_BYTES // 1024} KiB ({MAX_BODY_BYTES} bytes), declared or streamed", ErrorBody),
     "422": ("invalid body, path or query; `errors[].field` names the failing field", ValidationErrorBody),
@@ -220,10 +220,10 @@ def declare_error_answers(spec: dict[str, Any]) -> dict[str, Any]:
     body wherever FastAPI declares its own (`_invalid` adds `errors`), 401 and 403 on admin
     operations (`require_admin`), and `{"detail": …}` as the body of a route's own 4xx."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ErrorBody, ValidationErrorBody):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for body_model in (ErrorBody, ValidationErrorBody):
+        schema = body_model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[body_model.__name__] = schema
     for path_item in spec.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})

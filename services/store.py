@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import re
 import sqlite3
@@ -156,7 +157,7 @@ class Database:
     async def connect(self, schema: Sequence[str] = ()) -> None:
         self._conn = await asyncio.to_thread(self._connect)
         for ddl in schema:
-            await self.transaction(lambda tx, ddl=ddl: self._schema_statement(tx, ddl))
+            await self.transaction(functools.partial(self._schema_statement, ddl=ddl))
         if self._checkpointer is not None:
             self._checkpointer.start()
 
