@@ -7,9 +7,10 @@ does not validate is poison and goes to the dead-letter channel at once.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -36,6 +37,23 @@ class OrderItem(Model):
     quantity: int = Field(gt=0, le=1_000_000, strict=True, examples=[2])  # strict: not true, 1.5 or "2"
 
 
+def items_of_product_ids(items: Any) -> Any:
+    """The tutorial's conceptual `items: ["itemA", "itemB"]`: each string a product, quantity 1."""
+    if isinstance(items, list) and any(isinstance(item, str) for item in items):
+        return [{"productId": item, "quantity": 1} if isinstance(item, str) else item for item in items]
+    return items
+
+
+FOREIGN_EVENT_IDS = UUID("5b7e0f0e-6d1c-4f43-9a1e-8c3c1f0a2d61")
+"""uuid5 namespace of the eventId given to a foreign OrderCreated that carries none."""
+
+
+def foreign_event_id(body: dict[str, Any]) -> str:
+    """A stable eventId for a body without one: the same bytes get the same id on every delivery,
+    so the log lines, spans and dead letter of one message match (uuid5 of the sorted JSON)."""
+    return str(uuid5(FOREIGN_EVENT_IDS, json.dumps(body, sort_keys=True, default=str)))
+
+
 class Event(Model):
     event_id: UUID = Field(default_factory=uuid4)
     schema_version: int = 1
@@ -44,8 +62,9 @@ class Event(Model):
 
 
 class OrderCreated(Event):
-    """An order was accepted and waits for stock. Also accepts the seed's flat
-    `{"orderId", "productId", "quantity"}` (schema version 0)."""
+    """An order was accepted and waits for stock. Also accepts, as schema version 0, the seed's
+    flat `{"orderId", "productId", "quantity"}` and the tutorial's `items: ["itemA", ...]` (each
+    string a product, quantity 1). A body without `eventId` gets `foreign_event_id(body)`."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -69,14 +88,28 @@ class OrderCreated(Event):
 
     @model_validator(mode="before")
     @classmethod
-    def _upgrade_seed_shape(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "items" not in data and "productId" in data:
-            upgraded = {k: v for k, v in data.items() if k not in ("productId", "quantity")}
+    def _upgrade_foreign_shapes(cls, data: Any) -> Any:
+        """Foreign bodies use the JSON names (`orderId`); events built in code use field names.
+        Ours (an `eventId`, item objects) pass through untouched: this runs for every message."""
+        if not isinstance(data, dict) or "orderId" not in data:
+            return data
+        items = data.get("items")
+        flat = items is None and "productId" in data
+        by_id = items_of_product_ids(items) if not flat else items
+        if "eventId" in data and not flat and by_id is items:
+            return data
+        upgraded = dict(data)
+        upgraded.setdefault("eventId", foreign_event_id(data))
+        upgraded.setdefault("eventType", "OrderCreated")
+        if flat:
+            del upgraded["productId"]
+            upgraded.pop("quantity", None)
             upgraded["items"] = [{"productId": data["productId"], "quantity": data.get("quantity")}]
+        elif by_id is not items:
+            upgraded["items"] = by_id
+        if flat or by_id is not items:
             upgraded.setdefault("schemaVersion", 0)
-            upgraded.setdefault("eventType", "OrderCreated")
-            return upgraded
-        return data
+        return upgraded
 
 
 class InventoryReserved(Event):

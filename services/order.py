@@ -37,6 +37,7 @@ from services.events import (
     PaymentEvent,
     PaymentFailed,
     PaymentProcessed,
+    items_of_product_ids,
 )
 from services.runtime import Service
 from services.store import Tx
@@ -65,7 +66,8 @@ a transaction and a relay round of its own."""
 
 
 class PlaceOrder(Model):
-    """Either the seed's `{orderId, productId, quantity}` or `{orderId?, userId?, items: [...]}`."""
+    """The seed's `{orderId, productId, quantity}`, or `{orderId?, userId?, items: [...]}` whose
+    items are `{productId, quantity}` objects or product ids (quantity 1, the tutorial's shape)."""
 
     model_config = ConfigDict(
         strict=True,  # JSON types as declared: no "2" or 1.5 for a quantity (OrderItem), no 7 for a userId
@@ -87,6 +89,8 @@ class PlaceOrder(Model):
         if isinstance(data, dict) and "items" not in data and ("productId" in data or "quantity" in data):
             rest = {k: v for k, v in data.items() if k not in ("productId", "quantity")}
             return {**rest, "items": [{"productId": data.get("productId"), "quantity": data.get("quantity")}]}
+        if isinstance(data, dict) and "items" in data:
+            return {**data, "items": items_of_product_ids(data["items"])}
         return data
 
     def fingerprint(self) -> str:

@@ -167,6 +167,34 @@ async def test_seed_flat_event_from_a_foreign_client_is_consumed(system: System,
         assert order_id not in await system.metrics(name)
 
 
+async def test_the_tutorials_conceptual_event_reserves_one_of_each_product(system: System, raw: RawClient) -> None:
+    a, b, order_id = uid("A"), uid("B"), uid("concept")
+    await system.set_stock(a, 5)
+    await system.set_stock(b, 5)
+    body = {"eventType": "OrderCreated", "orderId": order_id, "userId": "456", "items": [a, b]}
+    await raw.publish(system.channel("order-events"), json.dumps(body).encode(), key=order_id)
+
+    async def stocks() -> tuple[int, int]:
+        return await system.stock(a), await system.stock(b)
+
+    await eventually(stocks, lambda s: s == (4, 4), what="one of each product reserved")
+
+
+async def test_a_flat_event_keeps_one_event_id_across_its_attempts(system: System, raw: RawClient) -> None:
+    order_id = uid("flat")
+    body = {"orderId": order_id, "productId": "FAIL", "quantity": 1}
+    await raw.publish(system.channel("order-events"), json.dumps(body).encode(), key=order_id)
+
+    lines = await eventually(
+        lambda: asyncio.sleep(0, system.delivery_lines("inventory", "order-events", order_id)),
+        lambda found: len(found) == 3,
+        what="three attempts logged",
+    )
+    event_ids = {line.split("eventId=", 1)[1].split()[0] for _, line in lines}
+    assert len(event_ids) == 1
+    assert event_ids != {"-"}
+
+
 async def test_redelivered_order_created_reserves_once(system: System, raw: RawClient) -> None:
     product, order_id = uid("P"), uid("dup")
     await system.set_stock(product, 10)
