@@ -30,7 +30,7 @@ DEFAULT_URLS = {
 }
 BROKERS = tuple(DEFAULT_URLS)
 PORT_BASE = {"kafka": 28300, "rabbit": 28330, "nats": 28360}
-"""HTTP ports of the services a benchmark starts: 28300-28399 (see README, Benchmarks)."""
+"""HTTP ports of the services a benchmark starts: 28300-28399 (see docs/benchmarks.md)."""
 
 
 def namespace(broker: str, scenario: str) -> str:
