@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
@@ -80,6 +81,26 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+@asynccontextmanager
+async def two_relays(
+    database_url: str, recorder: Recorder
+) -> AsyncIterator[tuple[dict[str, Database], dict[str, Outbox]]]:
+    """Replicas "a" and "b": an outbox relay each, on a connection of its own to one table."""
+    dbs = {name: Database(database_url) for name in ("a", "b")}
+    boxes = {name: Outbox(db, recorder.transport(name), "order_outbox", {}) for name, db in dbs.items()}  # type: ignore[arg-type]
+    try:
+        for name, db in dbs.items():
+            await db.connect(boxes[name].ddl())
+            boxes[name].start()
+        yield dbs, boxes
+    finally:
+        for box in boxes.values():
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await box.stop()
+        for db in dbs.values():
+            await db.close()
+
+
 def add_events(box: Outbox, first: int, count: int) -> Callable[[Tx], None]:
     def write(tx: Tx) -> None:
         for i in range(first, first + count):
@@ -93,13 +114,7 @@ async def test_one_relay_publishes_each_event_once_and_the_other_takes_over_when
 ) -> None:
     monkeypatch.setattr(outbox_module, "BATCH", ROUND)
     recorder = Recorder(leader_share=LEADER_SHARE)
-    dbs = {name: Database(database_url) for name in ("a", "b")}
-    boxes = {name: Outbox(db, recorder.transport(name), "order_outbox", {}) for name, db in dbs.items()}  # type: ignore[arg-type]
-    try:
-        for name, db in dbs.items():
-            await db.connect(boxes[name].ddl())
-            boxes[name].start()
-
+    async with two_relays(database_url, recorder) as (dbs, boxes):
         per_write = EVENTS // WRITES
         for i in range(WRITES):
             name = "ab"[i % 2]
@@ -129,25 +144,14 @@ async def test_one_relay_publishes_each_event_once_and_the_other_takes_over_when
         assert [event_id for event_id, times in published.items() if times > 1] == []
         assert len(recorder.published[other]) == EVENTS - leader_published
         assert await boxes[other].pending() == 0
-    finally:
-        for box in boxes.values():
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await box.stop()
-        for db in dbs.values():
-            await db.close()
 
 
 async def test_a_relay_whose_session_is_terminated_stops_publishing_and_the_other_takes_over(
     database_url: str, postgres_server: str
 ) -> None:
     recorder = Recorder()
-    dbs = {name: Database(database_url) for name in ("a", "b")}
-    boxes = {name: Outbox(db, recorder.transport(name), "order_outbox", {}) for name, db in dbs.items()}  # type: ignore[arg-type]
     half = EVENTS // 2
-    try:
-        for name, db in dbs.items():
-            await db.connect(boxes[name].ddl())
-            boxes[name].start()
+    async with two_relays(database_url, recorder) as (dbs, boxes):
         await dbs["a"].transaction(add_events(boxes["a"], 0, half))
         boxes["a"].notify()
         await eventually(
@@ -176,12 +180,6 @@ async def test_a_relay_whose_session_is_terminated_stops_publishing_and_the_othe
             what="the cut-off relay reporting its stall",
         )
         assert boxes[other].stalled_for() == 0
-    finally:
-        for box in boxes.values():
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await box.stop()
-        for db in dbs.values():
-            await db.close()
 
 
 async def test_an_outbox_table_from_before_created_at_gets_the_column_once(database_url: str) -> None:
