@@ -5,7 +5,8 @@ and the channels it writes with `publishes`, adds its own HTTP routes to
 `service.api`, and exposes `app = service.app` for `faststream run services.<name>:app`.
 
 HTTP contract of every service: `/health` (200 while the process runs), `/ready`
-(200 when broker and store answer, else 503), `/metrics` (Prometheus text),
+(200 when broker and store answer, the consumed channels can be read and the outbox publishes,
+else 503), `/metrics` (Prometheus text),
 `/docs/asyncapi` + `/docs/asyncapi.json` (AsyncAPI, no try-it-out), and
 `/docs/openapi` + `/docs/openapi.json` for the HTTP API; both pages load their JS/CSS
 from `/docs/assets/` when installed locally (`services.docs`). Request bodies over
@@ -410,8 +411,8 @@ class Service:
             responses={
                 503: {"description": "not ready: the same body, `status` DOWN", "content": {"application/json": {}}}
             },
-            summary="200 when broker and store answer, every subscriber started and the outbox relay is not "
-            "stalled, else 503",
+            summary="200 when broker and store answer, every consumed channel can be read, every subscriber "
+            "started and the outbox relay is not stalled, else 503",
         )
         async def ready() -> JSONResponse:
             """`channels`: false while a consumed channel cannot be read (no leader, or the broker does not
