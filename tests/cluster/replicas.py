@@ -34,14 +34,23 @@ class Replicas:
             "RETRY_DELAY_MS": "400",
             "LOG_LEVEL": "INFO",
         }
+        self._ports: set[int] = set()
         self.processes: dict[str, list[ServiceProcess]] = {}
         for name, count in REPLICAS.items():
             self.processes[name] = []
             for i in range(count):
                 folder = workdir / f"{name}-{i}"
                 folder.mkdir(parents=True, exist_ok=True)
-                self.processes[name].append(ServiceProcess(name, free_port(PORTS), env, folder))
+                self.processes[name].append(ServiceProcess(name, self._port(), env, folder))
         self.http = httpx.AsyncClient(timeout=10.0)
+
+    def _port(self) -> int:
+        """A free port no other replica of this system was given (nothing listens on them yet, so
+        `free_port` alone could hand out one twice)."""
+        while (port := free_port(PORTS)) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
 
     def channel(self, name: str) -> str:
         return f"{self.namespace}.{name}"
