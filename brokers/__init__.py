@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from brokers.base import Observability, RetryPolicy, Subscription, Transport
+from brokers.credentials import with_credentials
 from brokers.metrics import DeliveryMetrics
 from brokers.provisioning import Provisioning
 
@@ -23,6 +24,7 @@ __all__ = [
     "RetryPolicy",
     "Subscription",
     "Transport",
+    "broker_url",
     "create_transport",
     "provisioning",
     "retry_policy",
@@ -62,11 +64,20 @@ def create_transport(
         raise ValueError(f"BROKER={settings.broker!r} is not supported; valid values are: kafka, rabbit, nats")
     metrics = DeliveryMetrics(registry, transport_cls.label)
     observability = Observability(registry, app_name, tracer_provider)
+    extra: dict[str, Any] = {"sasl_mechanism": settings.kafka_sasl_mechanism} if settings.broker == "kafka" else {}
     return transport_cls(
-        settings.resolved_broker_url,
+        broker_url(settings),
         retry_policy(settings),
         metrics,
         observability,
         settings.channel_namespace,
         provisioning=provisioning(settings),
+        **extra,
     )
+
+
+def broker_url(settings: Settings) -> str:
+    """BROKER_URL with BROKER_USERNAME / BROKER_PASSWORD in place of its own credentials (a secret:
+    log `brokers.credentials.redacted` of it)."""
+    password = settings.broker_password.get_secret_value() if settings.broker_password is not None else None
+    return with_credentials(settings.resolved_broker_url, settings.broker_username, password)

@@ -54,6 +54,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pydantic import TypeAdapter, ValidationError
 
+from brokers.foreign_headers import envelope, is_bookkeeping, shown, shown_headers
 from brokers.provisioning import Provisioning
 
 if TYPE_CHECKING:
@@ -216,27 +217,46 @@ class DeadLetter:
     body: bytes
     headers: dict[str, str]
     position: str = ""
+    raw_headers: tuple[tuple[str, Any], ...] | None = None
+    """The headers as the broker gave them (Kafka bytes, AMQP values), in order and with repeated
+    names; None when `headers` are those (NATS). Listing shows them, replay keeps them exactly."""
+    key: bytes | None = None
+    """The Kafka record key."""
+
+    @property
+    def native_headers(self) -> list[tuple[str, Any]]:
+        return list(self.raw_headers) if self.raw_headers is not None else list(self.headers.items())
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """Our envelope's fields, from whichever framework dead-lettered it (`brokers.foreign_headers`)."""
+        return envelope(dict(self.native_headers))
 
     @property
     def original_destination(self) -> str:
-        return self.headers.get(H_ORIGINAL_DESTINATION) or self.channel.removesuffix(DLT_SUFFIX)
+        return self.envelope["originalDestination"] or self.channel.removesuffix(DLT_SUFFIX)
 
     def as_dict(self) -> dict[str, Any]:
         try:
             body: Any = json.loads(self.body)
         except ValueError:
-            body = self.body.decode("utf-8", "replace")
-        return {"channel": self.channel, "position": self.position, "headers": self.headers, "body": body}
+            body = shown(self.body)  # text, or `base64:` when not UTF-8
+        shown_key = {} if self.key is None else {"key": shown(self.key)}
+        return {
+            "channel": self.channel,
+            "position": self.position,
+            **shown_key,
+            "envelope": self.envelope,
+            "headers": shown_headers(self.native_headers),
+            "body": body,
+        }
 
 
 def replay_headers(letter: DeadLetter) -> dict[str, str]:
-    """Headers a replayed message carries: no envelope, no attempt count, no dedup id
-    (a replay is a deliberate second publish); trace context travels on."""
-    return {
-        k: v
-        for k, v in letter.headers.items()
-        if not k.startswith(("x-", "Nats-")) and k not in (EVENT_ID_HEADER, "content-type", "correlation_id")
-    }
+    """Headers a replayed message carries: the application's, without the retry and dead-letter
+    bookkeeping of any known framework (`foreign_headers.is_bookkeeping`: our envelope, attempt
+    count and dedup id, Spring Kafka's, RabbitMQ's, `Nats-*`); trace context travels on."""
+    return {k: v for k, v in letter.headers.items() if not is_bookkeeping(k)}
 
 
 def is_poison(exc: BaseException) -> bool:

@@ -48,6 +48,7 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from brokers.base import (
     ATTEMPTS_HEADER,
@@ -67,8 +68,11 @@ from brokers.base import (
     decode_untouched,
     due_in_seconds,
     handler_endpoint,
-    replay_headers,
 )
+from brokers.credentials import kafka_sasl_options
+from brokers.foreign_headers import application_headers, shown
+from brokers.kafka_groups import GroupWatch, process_client_id
+from brokers.kafka_parsing import header_bytes, lenient_parser
 from brokers.kafka_provision import provision_topics, used_topics
 from brokers.nodes import kafka_bootstrap_servers
 from brokers.provisioning import log_outcomes
@@ -100,6 +104,11 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 """Per-partition producer buffer: the outbox relay sends up to 1,024 events at once, and with
 aiokafka's 16 KiB default a send finds its batch full every ~40 events and waits for the
 sender. Stays under the broker's 1 MiB message limit."""
+SENDER_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+"""Largest record `publish_batch` hands to the broker (aiokafka's own check, 1 MiB by default, would
+refuse a retry copy or dead letter of a record near the broker's limit: the copy adds envelope
+headers). The topic's `max.message.bytes` is the real limit: retry and DLT topics get 64 KiB more
+than the broker's `message.max.bytes` (`brokers.kafka_provision`)."""
 HEARTBEAT_INTERVAL_MS = 500
 """A service's subscribers share its group id (docs/contract.md) but read different topics, so each
 one that joins rebalances the group, and the members learn of it only at their next heartbeat:
@@ -131,21 +140,27 @@ class KafkaTransport(Transport[KafkaBroker]):
     label = "kafka"
     client_producer = AioKafkaFastProducerImpl
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sasl_mechanism: str = "SCRAM-SHA-512", **kwargs: Any) -> None:
+        self._sasl_mechanism = sasl_mechanism
         super().__init__(*args, **kwargs)
         self._publishers: dict[str, DefaultPublisher] = {}
         self._committers: dict[int, _Committer] = {}
         self._gates: dict[str, _CommitGate] = {}
         self._offsets_client: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
-        self._sender = _Sender(self.bootstrap_servers)
+        self._sender = _Sender(self.bootstrap_servers, self.client_security)
+        self._group_watch = GroupWatch(
+            process_client_id(), self._admin_client, self.metrics.join_failed, grace_s=2 * SESSION_TIMEOUT_MS / 1000
+        )
 
     def _build_broker(self) -> KafkaBroker:
         return KafkaBroker(
             self.bootstrap_servers,
+            client_id=process_client_id(),
             acks="all",
             enable_idempotence=True,
             max_batch_size=PRODUCER_BATCH_BYTES,
+            security=faststream_security(self.client_security),
             **self.broker_options(KafkaPrometheusMiddleware, KafkaTelemetryMiddleware),
         )
 
@@ -162,15 +177,18 @@ class KafkaTransport(Transport[KafkaBroker]):
             "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
             "session_timeout_ms": SESSION_TIMEOUT_MS,
             "partition_assignment_strategy": ASSIGNORS,
+            "parser": lenient_parser,
         }
-        router.subscriber(
+        main = router.subscriber(
             sub.channel,
             group_id=self._group(sub.consumer),
             listener=self._gate(sub.channel),
             title=f"{sub.channel}:{sub.consumer}",
             description=sub.description,
             **common,
-        )(endpoint)
+        )
+        main(endpoint)
+        self._group_watch.watch(self._group(sub.consumer), sub.channel, sub.consumer, main)
         for delay_ms in self.policy.retry_delays_ms():
             # each retry tier is its own group: its consumer joins without rebalancing the main group
             tier = retry_topic(sub, delay_ms)
@@ -204,6 +222,7 @@ class KafkaTransport(Transport[KafkaBroker]):
             session_timeout_ms=SESSION_TIMEOUT_MS,
             partition_assignment_strategy=ASSIGNORS,
             ack_policy=AckPolicy.ACK,
+            parser=lenient_parser,
             decoder=decode_raw,
             title=f"{dead_letter_channel(channel)}:{consumer}",
             description=f"{consumer} reports every dead letter of {channel}.",
@@ -246,6 +265,11 @@ class KafkaTransport(Transport[KafkaBroker]):
     def bootstrap_servers(self) -> list[str]:
         """BROKER_URL's node list (`brokers.nodes`)."""
         return kafka_bootstrap_servers(self.url)
+
+    @property
+    def client_security(self) -> dict[str, str]:
+        """SASL options of every client when BROKER_URL carries credentials (`brokers.credentials`)."""
+        return kafka_sasl_options(self.url, self._sasl_mechanism)
 
     def _group(self, consumer: str) -> str:
         """The consumer's group id: its contract name, namespaced when channels are."""
@@ -326,12 +350,21 @@ class KafkaTransport(Transport[KafkaBroker]):
     # --- lag -----------------------------------------------------------------------
     async def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
         if self._offsets_client is None or self._admin is None:
-            offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+            offsets = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self.client_security
+            )
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.client_security)
             await offsets.start()
             await admin.start()
             self._offsets_client, self._admin = offsets, admin
         return self._offsets_client, self._admin
+
+    async def _admin_client(self) -> AIOKafkaAdminClient:
+        return (await self._clients())[1]
+
+    async def consumed_channels_available(self, within_s: float) -> bool:
+        """Also False while a subscriber is out of its consumer group (`brokers.kafka_groups`)."""
+        return self._group_watch.joined and await super().consumed_channels_available(within_s)
 
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
         """End offset − committed offset of the group, summed over the topic's partitions."""
@@ -358,6 +391,7 @@ class KafkaTransport(Transport[KafkaBroker]):
         off: none; FastStream's subscribers still ask for theirs, which the broker may refuse)."""
         if self.provisioning.enabled:
             log_outcomes(await self.provision(), log)
+        self._group_watch.start()
 
     async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:
         """Every topic subscribed or published: channels, their retry tiers and DLTs."""
@@ -365,6 +399,7 @@ class KafkaTransport(Transport[KafkaBroker]):
         return await provision_topics(admin, used_topics(self._broker), self.provisioning, dry_run=dry_run)
 
     async def stop_extras(self) -> None:
+        await self._group_watch.stop()
         await self._sender.stop()
         for client in (self._offsets_client, self._admin):
             if client is not None:
@@ -379,6 +414,7 @@ class KafkaTransport(Transport[KafkaBroker]):
         consumer = AIOKafkaConsumer(
             dlt,
             bootstrap_servers=self.bootstrap_servers,
+            **self.client_security,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -407,10 +443,10 @@ class KafkaTransport(Transport[KafkaBroker]):
         consumer, records = await self._read_dlt(channel, REPLAY_GROUP, limit)
         try:
             letters = [_dead_letter_of(r) for r in records]
-            for record, letter in zip(records, letters, strict=True):
-                await self._broker.publish(
-                    letter.body, letter.original_destination, key=record.key, headers=replay_headers(letter)
-                )
+            producer = await self._sender.producer()
+            for letter in letters:  # the exact bytes: value, key, application headers (`foreign_headers`)
+                kept = application_headers(letter.native_headers)
+                await (await producer.send(letter.original_destination, letter.body, key=letter.key, headers=kept))
             done: dict[TopicPartition, int] = {}
             for record in records:
                 tp = TopicPartition(record.topic, record.partition)
@@ -427,8 +463,9 @@ class _Sender:
     idempotent producer that meets a fatal error (e.g. `OutOfOrderSequenceNumber` after a partition
     leader was lost) fails every later send, so it is replaced (a new producer id) before the next."""
 
-    def __init__(self, bootstrap_servers: list[str]) -> None:
+    def __init__(self, bootstrap_servers: list[str], security: dict[str, str] | None = None) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._security = security or {}
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
 
@@ -437,9 +474,11 @@ class _Sender:
             if self._producer is None:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._bootstrap_servers,
+                    **self._security,
                     acks="all",
                     enable_idempotence=True,
                     max_batch_size=PRODUCER_BATCH_BYTES,
+                    max_request_size=SENDER_MAX_REQUEST_BYTES,
                 )
                 try:
                     await producer.start()
@@ -546,6 +585,18 @@ class _Committer:
                 log.warning("offset commit of %d partition(s) failed: %s", len(batch), exc)
 
 
+def faststream_security(options: dict[str, str]) -> BaseSecurity | None:
+    """FastStream's form of `kafka_sasl_options` (None: PLAINTEXT)."""
+    if not options:
+        return None
+    kinds: dict[str, type[SASLPlaintext | SASLScram256 | SASLScram512]] = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }
+    return kinds[options["sasl_mechanism"]](options["sasl_plain_username"], options["sasl_plain_password"])
+
+
 def _key_of(delivery: Delivery) -> str:
     """The record's key as `Outgoing.key` ("" for a record without one: it is sent without one)."""
     _, record = delivery.native
@@ -555,7 +606,7 @@ def _key_of(delivery: Delivery) -> str:
 def _record_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     """The headers FastStream's `publish` would write: a content type, the correlation id."""
     carried = {"content-type": "application/json", "correlation_id": headers.get(EVENT_ID_HEADER, ""), **headers}
-    return [(name, value.encode()) for name, value in carried.items()]
+    return [(name, header_bytes(value)) for name, value in carried.items()]
 
 
 def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
@@ -564,5 +615,7 @@ def _resume(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
 
 
 def _dead_letter_of(record: Any) -> DeadLetter:
-    headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
-    return DeadLetter(record.topic, record.value, headers, f"{record.partition}:{record.offset}")
+    """The record as a dead letter: header values as bytes (`raw_headers`) and shown losslessly as text."""
+    raw = tuple((k, bytes(v or b"")) for k, v in (record.headers or ()))
+    headers = {k: str(shown(v)) for k, v in raw}
+    return DeadLetter(record.topic, record.value, headers, f"{record.partition}:{record.offset}", raw, record.key)

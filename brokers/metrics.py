@@ -29,6 +29,12 @@ class DeliveryMetrics:
             (*LABELS, "reason"),
             registry=registry,
         )
+        self._join_failures = Counter(
+            "consumer_group_join_failures",
+            "Times a subscriber was found out of its consumer group or failed to rejoin it (Kafka).",
+            LABELS,
+            registry=registry,
+        )
         self._lag = Gauge("consumer_lag_messages", "Messages waiting for this consumer.", LABELS, registry=registry)
 
     def retry_scheduled(self, channel: str, consumer: str) -> None:
@@ -36,6 +42,9 @@ class DeliveryMetrics:
 
     def dead_lettered(self, channel: str, consumer: str, reason: str) -> None:
         self._dead_letters.labels(self.broker_label, channel, consumer, reason).inc()
+
+    def join_failed(self, channel: str, consumer: str) -> None:
+        self._join_failures.labels(self.broker_label, channel, consumer).inc()
 
     def set_lag(self, channel: str, consumer: str, waiting: int) -> None:
         self._lag.labels(self.broker_label, channel, consumer).set(waiting)

@@ -13,16 +13,23 @@ Native mapping of the shared policy:
   batch's store transaction committed, a batch that fails as a whole is nak'ed.
 * retry → `nak(delay)`: the server redelivers after the delay; the attempt number
   is the server's own delivery count. Nothing waits in the client.
-* dead letter → publish to `<channel>.DLT` with the envelope, then ack the source.
+* dead letter → publish to `<channel>.DLT` with the envelope, then ack the source. One that would
+  exceed the server's `max_payload` (headers count) is fitted (`brokers.fitting`): its body is
+  kept in the Object Store bucket `<ns>-dead-letter-bodies` and referenced. No publish over
+  `max_payload` is sent: the server would close the connection, which nats-py never reopens
+  (should the server close it anyway, the service exits with CONNECTION_LOST_EXIT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from faststream import AckPolicy
@@ -30,12 +37,18 @@ from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, 
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.nats.publisher.producer import NatsFastProducerImpl
-from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber, PullStreamSubscriber
+from faststream.security import SASLPlaintext
 from nats.aio.msg import Msg as NatsMsg
-from nats.errors import ConnectionClosedError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import Header
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.errors import ConnectionClosedError, MaxPayloadError, OutboundBufferLimitError
+from nats.js.api import Header, ObjectStoreConfig
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from brokers.base import (
     BATCH_MAX,
@@ -57,9 +70,11 @@ from brokers.base import (
     handler_endpoint,
     replay_headers,
 )
+from brokers.credentials import url_credentials, without_credentials
+from brokers.fitting import H_BODY_REF, H_BODY_SHA256, fit
 from brokers.nats_provision import StreamProvisioner, cluster_size
 from brokers.nodes import nats_servers
-from brokers.provisioning import log_outcomes
+from brokers.provisioning import CREATED, FAILED, WOULD_CREATE, Provisioned, compared, log_outcomes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,8 +83,6 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
-
-    from brokers.provisioning import Provisioned
 
 
 log = logging.getLogger("switchboard.nats")
@@ -88,6 +101,16 @@ NO_RESPONDERS = "503"
 HEARTBEAT = "100"
 V1_ACK_TOKENS = 9
 V1_DELIVERED = 4
+BODIES_BUCKET = "dead-letter-bodies"
+"""Object Store bucket (`<namespace>-dead-letter-bodies`) keeping the bodies of dead letters that would
+not fit `max_payload` with their envelope (`brokers.fitting`, step 2)."""
+HDR_LINE = len(b"NATS/1.0\r\n\r\n")
+CONNECTION_LOST_EXIT = 75
+"""Exit status when the server closed the connection for good (nats-py does not reconnect after a
+protocol error): a supervisor restarts the service."""
+PULL_BACKOFF_MAX_S = 5.0
+"""Longest pause of a pull loop after failures in a row (each one doubles it from RECONNECT_WAIT_S)."""
+BUCKET_KIND = "object store"
 
 
 def stream_name(subject: str) -> str:
@@ -114,14 +137,30 @@ class NatsTransport(Transport[NatsBroker]):
         self._streams: dict[str, JStream] = {}
         self._declared_publishers: set[str] = set()
         self._acked = _AckedPublisher()
+        self._replicas = 1
+        """Replicas of the streams created (the dead-letter bodies bucket gets as many)."""
 
     def _build_broker(self) -> NatsBroker:
         return NatsBroker(
-            nats_servers(self.url),
+            nats_servers(without_credentials(self.url)),  # they go in `security`, for every server
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
+            closed_cb=self._on_connection_closed,
+            security=_user_password(self.url),
             **self.broker_options(NatsPrometheusMiddleware, NatsTelemetryMiddleware),
         )
+
+    async def _on_connection_closed(self) -> None:
+        """The connection closed without our asking (a server `-ERR`, after which nats-py never
+        reconnects): exit non-zero so a supervisor starts the service again, rather than live on
+        without a broker. A stop we started (`broker.running` already false) is left alone."""
+        if not self._broker.running or self._draining:
+            return
+        error = getattr(self._broker._connection, "last_error", None)
+        log.critical("NATS connection closed by the server (%s); exiting with status %d", error, CONNECTION_LOST_EXIT)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(CONNECTION_LOST_EXIT)
 
     @property
     def _js(self) -> JetStreamContext:
@@ -158,7 +197,7 @@ class NatsTransport(Transport[NatsBroker]):
 
     def listen_dead_letters(self, channel: str, consumer: str, handler: DeadLetterHandler) -> None:
         dlt = dead_letter_channel(channel)
-        self._broker.subscriber(
+        subscriber = self._broker.subscriber(
             dlt,
             stream=self._stream(dlt),
             durable=consumer,
@@ -168,7 +207,10 @@ class NatsTransport(Transport[NatsBroker]):
             decoder=decode_raw,
             title=f"{dlt}:{consumer}",
             description=f"{consumer} reports every dead letter of {channel}.",
-        )(dead_letter_endpoint(channel, handler))
+        )
+        subscriber(dead_letter_endpoint(channel, handler))
+        if isinstance(subscriber, PullStreamSubscriber):
+            subscriber.__class__ = _YieldingPullSubscriber
 
     def declare_publisher(self, channel: str, schema: Any, description: str) -> None:
         self._declare(channel, schema, description)
@@ -192,9 +234,29 @@ class NatsTransport(Transport[NatsBroker]):
             await self._watch_max_deliveries(sub)
 
     async def provision(self, *, dry_run: bool = False) -> list[Provisioned]:
-        """Every stream this service subscribes, publishes or dead-letters to (channels and `-DLT` streams)."""
+        """Every stream this service subscribes, publishes or dead-letters to (channels and `-DLT` streams),
+        and, for a consuming service, the Object Store bucket of dead-letter bodies kept apart."""
         provisioner = StreamProvisioner(self._js, self.provisioning, cluster_size(self._broker.connection))
-        return [await provisioner.ensure(stream, dry_run=dry_run) for stream in self._streams.values()]
+        outcomes = [await provisioner.ensure(stream, dry_run=dry_run) for stream in self._streams.values()]
+        self._replicas = provisioner.replicas
+        if self.subscriptions:  # a service that dead-letters: the bucket for bodies too large to go with them
+            outcomes.append(await self._provision_bodies_bucket(provisioner, dry_run=dry_run))
+        return outcomes
+
+    async def _provision_bodies_bucket(self, provisioner: StreamProvisioner, *, dry_run: bool) -> Provisioned:
+        """The Object Store bucket of spilled dead-letter bodies, with the streams' replicas."""
+        bucket, wanted = self._bodies_bucket, {"replicas": provisioner.wanted}
+        try:
+            info = await self._js.stream_info(f"OBJ_{bucket}")
+        except NotFoundError:
+            if dry_run:
+                return Provisioned(BUCKET_KIND, bucket, WOULD_CREATE, f"replicas {provisioner.replicas}")
+            try:
+                await self._js.create_object_store(bucket, ObjectStoreConfig(replicas=provisioner.replicas))
+            except APIError as exc:
+                return Provisioned(BUCKET_KIND, bucket, FAILED, f"replicas {provisioner.replicas}: {exc.description}")
+            return Provisioned(BUCKET_KIND, bucket, CREATED, f"replicas {provisioner.replicas}")
+        return compared(BUCKET_KIND, bucket, wanted, {"replicas": info.config.num_replicas or 1})
 
     async def _watch_max_deliveries(self, sub: Subscription) -> None:
         """Dead-letter messages the server gave up on without our code deciding (a process
@@ -221,6 +283,7 @@ class NatsTransport(Transport[NatsBroker]):
         await self._broker.connection.subscribe(subject, queue=f"{sub.consumer}-advisories", cb=on_advisory)
 
     async def publish(self, channel: str, body: bytes, *, key: str, headers: dict[str, str]) -> None:  # noqa: ARG002
+        _check_size(self._broker.connection, body, headers)
         await self._broker.publish(
             body,
             channel,
@@ -233,15 +296,19 @@ class NatsTransport(Transport[NatsBroker]):
         nc = self._broker.connection
         sends: list[Any] = []
         for m in messages:
-            headers = {"content-type": "application/json", "correlation_id": m.headers.get(EVENT_ID_HEADER, "")}
-            # dead letters are never deduplicated (`_publish_dead_letter`)
-            headers.update(m.headers if m.channel.endswith(DLT_SUFFIX) else _deduplicated(m.headers))
-            headers[Header.EXPECTED_STREAM] = self._stream(m.channel).name
             try:
-                sends.append(await self._acked.publish(nc, m.channel, m.body, headers))
+                sends.append(await self._acked.publish(nc, m.channel, m.body, self._wire_headers(m)))
             except Exception as exc:  # noqa: BLE001 - reported as this message's outcome
                 sends.append(exc)
         return await confirmations(sends, PUBLISH_ACK_TIMEOUT_S)
+
+    def _wire_headers(self, m: Outgoing) -> dict[str, str]:
+        """The headers `_send_batch` publishes `m` with."""
+        headers = {"content-type": "application/json", "correlation_id": m.headers.get(EVENT_ID_HEADER, "")}
+        # dead letters are never deduplicated (`_publish_dead_letter`)
+        headers.update(m.headers if m.channel.endswith(DLT_SUFFIX) else _deduplicated(m.headers))
+        headers[Header.EXPECTED_STREAM] = self._stream(m.channel).name
+        return headers
 
     # --- native failure moves ----------------------------------------------------
     async def _deliveries(self, sub: Subscription, msg: StreamMessage[Any]) -> list[Delivery]:  # noqa: ARG002
@@ -279,8 +346,59 @@ class NatsTransport(Transport[NatsBroker]):
 
     async def _publish_dead_letter(self, sub: Subscription, body: bytes, headers: dict[str, Any]) -> None:
         """Dead letters carry no `Nats-Msg-Id`: an event dead-lettered again after a replay is
-        a new dead letter, which the DLT stream's duplicate window would drop."""
-        await self.publish_one(Outgoing(sub.dead_letter_channel, body, "", _carried(headers)))
+        a new dead letter, which the DLT stream's duplicate window would drop. A copy that would
+        exceed the server's `max_payload` is fitted (`brokers.fitting`); a spilled body is stored
+        in the Object Store bucket before the dead letter that references it is published."""
+        dlt = sub.dead_letter_channel
+        carried = _carried(headers)
+
+        def size(b: bytes, h: Any) -> int:
+            return _wire_size(b, self._wire_headers(Outgoing(dlt, b, "", h)))
+
+        fitted = fit(
+            body,
+            carried,
+            limit=self._broker.connection.max_payload,
+            size=size,
+            envelope=set(dead_letter_headers(sub, Exception(), 0)),
+            spill_name=f"{dlt}/{hashlib.sha256(body).hexdigest()}",
+        )
+        if fitted.spill is not None:
+            await self._keep_body(fitted.headers[H_BODY_REF], fitted.spill)
+            log.warning(
+                "dead letter of %s too large for max_payload with its envelope (%d bytes): body kept in bucket %s as %s",
+                sub.channel,
+                len(body),
+                self._bodies_bucket,
+                fitted.headers[H_BODY_REF],
+            )
+        await self.publish_one(Outgoing(dlt, fitted.body, "", fitted.headers))
+
+    # --- bodies kept beside the DLT (brokers.fitting, step 2) ---------------------
+    @property
+    def _bodies_bucket(self) -> str:
+        """`<namespace>-dead-letter-bodies` (Object Store bucket names allow no dots)."""
+        return f"{stream_name(self.namespace)}-{BODIES_BUCKET}" if self.namespace else BODIES_BUCKET
+
+    async def _keep_body(self, name: str, body: bytes) -> None:
+        """Store `body` as object `name` (content-addressed: a repeated store replaces it with the same bytes)."""
+        try:
+            store = await self._js.object_store(self._bodies_bucket)
+        except BucketNotFoundError:  # not provisioned (PROVISION off): created as provisioning would
+            store = await self._js.create_object_store(self._bodies_bucket, ObjectStoreConfig(replicas=self._replicas))
+        await store.put(name, body)
+
+    async def _resolve_body(self, letter: DeadLetter) -> DeadLetter:
+        """`letter` with a body kept in the bucket put back, checked against `x-body-sha256`."""
+        name = letter.headers.get(H_BODY_REF)
+        if not name:
+            return letter
+        store = await self._js.object_store(self._bodies_bucket)
+        body = (await store.get(name)).data or b""
+        if hashlib.sha256(body).hexdigest() != letter.headers.get(H_BODY_SHA256):
+            raise ValueError(f"dead-letter body {name} does not match its x-body-sha256")
+        letter.body = body
+        return letter
 
     # --- lag -----------------------------------------------------------------------
     async def consumer_lag(self, channel: str, consumer: str) -> int | None:
@@ -306,7 +424,7 @@ class NatsTransport(Transport[NatsBroker]):
         while last and len(messages) < limit:
             try:
                 batch = await psub.fetch(min(limit - len(messages), 256), timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or the builtin one
                 break
             late = [m for m in batch if m.metadata.sequence.stream > last]
             messages.extend(m for m in batch if m.metadata.sequence.stream <= last)
@@ -319,15 +437,17 @@ class NatsTransport(Transport[NatsBroker]):
     async def list_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         psub, messages = await self._fetch_dlt(channel, limit, None)
         await psub.unsubscribe()
-        return [_dead_letter_of(m) for m in messages]
+        return [await self._resolve_body(_dead_letter_of(m)) for m in messages]
 
     async def replay_dead_letters(self, channel: str, limit: int) -> list[DeadLetter]:
         psub, messages = await self._fetch_dlt(channel, limit, REPLAY_DURABLE)
         letters = []
         for m in messages:
-            letter = _dead_letter_of(m)
+            letter = await self._resolve_body(_dead_letter_of(m))
             headers = replay_headers(letter)
-            await self.publish(letter.original_destination, letter.body, key="", headers=headers)
+            # no headers of ours added: a body that fitted max_payload as first published fits again
+            _check_size(self._broker.connection, letter.body, headers)
+            await self._js.publish(letter.original_destination, letter.body, headers=headers or None)
             await m.ack()
             letters.append(letter)
         await psub.unsubscribe()
@@ -359,6 +479,7 @@ class _AckedPublisher:
             except BaseException:
                 self._client = None
                 raise
+        _check_size(nc, payload, headers)
         token = str(next(self._tokens))
         stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[token] = stored
@@ -403,20 +524,30 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
 
     async def _consume_pull(self) -> None:
         assert self.subscription, "subscription not created"
+        failures = 0
         while self.running:
             messages = _queued_messages(self.subscription._sub, BATCH_MAX)  # type: ignore[attr-defined]
             if not messages:
+                started = time.monotonic()
                 try:
                     messages = await self.subscription.fetch(batch=1, timeout=IDLE_FETCH_S)
                 except TimeoutError:  # nats-py raises its own subclass or the builtin one
+                    # a timeout long before IDLE_FETCH_S is a pull that cannot be made: never spin on it
+                    early = time.monotonic() - started < IDLE_FETCH_S / 2
+                    failures = failures + 1 if early else 0
+                    if early:
+                        await _back_off(failures)
                     continue
                 except (ConnectionClosedError, ServiceUnavailableError):
-                    await asyncio.sleep(RECONNECT_WAIT_S)  # unacked messages are redelivered by the server
+                    failures += 1
+                    await _back_off(failures)  # unacked messages are redelivered by the server
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. a stream or consumer leader being elected
+                    failures += 1
                     log.warning("JetStream pull failed, pulling again: %s: %s", type(exc).__name__, exc)
-                    await asyncio.sleep(RECONNECT_WAIT_S)
+                    await _back_off(failures)
                     continue
+                failures = 0
             with contextlib.suppress(ConnectionClosedError, OutboundBufferLimitError):
                 messages += await self._fill(BATCH_MAX - len(messages), FILL_FETCH_S)
                 if self.running:
@@ -475,6 +606,37 @@ class _PromptBatchSubscriber(BatchPullStreamSubscriber):
             await _release(_queued_messages(sub, sub._pending_queue.qsize()))
 
 
+async def _back_off(failures: int) -> None:
+    """Pause after the `failures`-th failed pull in a row: RECONNECT_WAIT_S, doubling up to PULL_BACKOFF_MAX_S."""
+    await asyncio.sleep(min(RECONNECT_WAIT_S * 2 ** max(failures - 1, 0), PULL_BACKOFF_MAX_S))
+
+
+class _YieldingPullSubscriber(PullStreamSubscriber):
+    """FastStream's pull subscriber (dead-letter listeners), but a pull that fails at once backs off
+    (`_back_off`) instead of pulling again: FastStream's loop retries a closed connection's
+    immediate ConnectionClosedError without ever yielding to the event loop, which then serves
+    neither HTTP nor SIGTERM."""
+
+    __slots__ = ()
+
+    async def _consume_pull(self, cb: Any) -> None:
+        assert self.subscription, "subscription not created"
+        failures = 0
+        while self.running:
+            started = time.monotonic()
+            try:
+                messages = await self.subscription.fetch(batch=self.pull_sub.batch_size, timeout=self.pull_sub.timeout)
+            except (TimeoutError, ConnectionClosedError, ServiceUnavailableError) as exc:
+                early = not isinstance(exc, TimeoutError) or time.monotonic() - started < IDLE_FETCH_S / 2
+                failures = failures + 1 if early else 0
+                if early:
+                    await _back_off(failures)
+                continue
+            failures = 0
+            for message in messages:
+                await cb(message)
+
+
 def _queued_messages(sub: Any, most: int) -> list[Msg]:
     """The messages (not the status replies) among the first `most` entries already queued for
     nats-py subscription `sub`, taken off its queue with its pending-bytes accounting."""
@@ -500,6 +662,21 @@ async def _release(messages: list[Any]) -> None:
     for message in messages:
         with contextlib.suppress(Exception):  # connection closing: ack_wait releases it instead
             await message.nak()
+
+
+def _wire_size(body: bytes, headers: Any) -> int:
+    """What the server compares with `max_payload`: the body plus the headers as nats-py encodes
+    them (`NATS/1.0`, one `name: value` line each, a blank line)."""
+    lines = sum(len(str(k).strip().encode()) + len(str(v).strip().encode()) + 4 for k, v in headers.items())
+    return len(body) + (HDR_LINE + lines if headers else 0)
+
+
+def _check_size(nc: Any, body: bytes, headers: Any) -> None:
+    """Refuse a publish the server would refuse: a message over `max_payload` (headers included,
+    which nats-py does not count) makes the server close the connection, for good."""
+    size, limit = _wire_size(body, headers or {}), nc.max_payload
+    if size > limit:
+        raise MaxPayloadError(f"message of {size} bytes (headers included) exceeds max_payload {limit}")
 
 
 def _deduplicated(headers: dict[str, str]) -> dict[str, str]:
@@ -533,3 +710,10 @@ def _carried(headers: dict[str, Any]) -> dict[str, Any]:
 def _dead_letter_of(m: Any) -> DeadLetter:
     seq = getattr(getattr(m, "metadata", None), "sequence", None)
     return DeadLetter(m.subject, m.data, dict(m.headers or {}), str(getattr(seq, "stream", "")))
+
+
+def _user_password(url: str) -> SASLPlaintext | None:
+    """BROKER_URL's credentials for every server, the ones the cluster announces too (nats-py takes
+    a server URL's own only for that server)."""
+    creds = url_credentials(url)
+    return SASLPlaintext(creds.username, creds.password) if creds else None

@@ -1,6 +1,7 @@
 """`BROKER_URL` as a node list: one address, or several separated by commas.
 
-* Kafka: `host:port[,host:port…]`, the bootstrap servers (any one that answers is enough).
+* Kafka: `[user:password@]host:port[,host:port…]`, the bootstrap servers (any one that answers is
+  enough); credentials select SASL (`brokers.credentials`).
 * NATS: `nats://host:port[,nats://host:port…]` (a bare `host:port` gets `nats://`); the
   client connects to one and fails over to the others and to those the cluster announces.
 * RabbitMQ: full AMQP URLs, or one URL whose host part lists several nodes
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+from brokers.credentials import without_credentials
+
 
 def split_nodes(url: str) -> list[str]:
     """The comma-separated parts of `url`, stripped, empty ones dropped."""
@@ -23,7 +26,8 @@ def split_nodes(url: str) -> list[str]:
 
 
 def kafka_bootstrap_servers(url: str) -> list[str]:
-    return [node.removeprefix("kafka://") for node in split_nodes(url)]
+    """`host:port` of each node; a `user:password@` part is left out (`brokers.credentials`)."""
+    return [node.removeprefix("kafka://") for node in split_nodes(without_credentials(url))]
 
 
 def nats_servers(url: str) -> list[str]:

@@ -10,7 +10,7 @@ quorum queues. Prints one line per object: `created`, `exists`, `MISMATCH (diffe
 (left as it is), `would create` (--dry-run: nothing is created) or `FAILED (the broker's
 refusal)`. `--dlt-listener` also provisions that consumer's dead-letter listener queues
 (RabbitMQ `<channel>.DLT.<consumer>`; the notification service listens as
-`notification-service`). Services started with PROVISION=false rely on this having run.
+`notification-service`, or its CONSUMER_NAMES name). Consumer names follow CONSUMER_NAMES. Services started with PROVISION=false rely on this having run.
 
 Exit status: 0 when every object exists or was created (mismatches included), 1 when the
 broker refused to create some object, 2 when the configuration is invalid or the broker
@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import sys
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from brokers import Subscription, create_transport
+from brokers import Subscription, broker_url, create_transport
+from brokers.credentials import redacted
 from brokers.provisioning import FAILED, MISMATCH, WOULD_CREATE
 from config import Settings
 from services.events import CHANNEL_EVENTS, CONSUMERS  # pydantic models and two dicts: no service is built
@@ -48,8 +48,8 @@ def register(transport: Any, settings: Settings, listeners: list[str]) -> None:
     for contract, model in CHANNEL_EVENTS.items():
         channel = settings.channel(contract)
         transport.declare_publisher(channel, model, "")
-        for consumer in CONSUMERS.get(contract, ()):
-            transport.subscribe(Subscription(channel, consumer, _unused, model))
+        for service in CONSUMERS.get(contract, ()):  # CONSUMER_NAMES applies as in the services
+            transport.subscribe(Subscription(channel, settings.consumer_name(service), _unused, model))
         for listener in listeners:
             transport.listen_dead_letters(channel, listener, _unused)
 
@@ -57,7 +57,7 @@ def register(transport: Any, settings: Settings, listeners: list[str]) -> None:
 async def run(settings: Settings, *, dry_run: bool, listeners: list[str]) -> int:
     transport = create_transport(settings, CollectorRegistry(), app_name="provision-cli")
     register(transport, settings, listeners)
-    where = f"{settings.broker} at {_without_password(settings.resolved_broker_url)}"
+    where = f"{settings.broker} at {_without_password(broker_url(settings))}"
     try:
         await asyncio.wait_for(transport.broker.connect(), CONNECT_TIMEOUT_S)
         outcomes = await transport.provision(dry_run=dry_run)
@@ -81,8 +81,8 @@ async def run(settings: Settings, *, dry_run: bool, listeners: list[str]) -> int
 
 
 def _without_password(url: str) -> str:
-    """`url` with any password (RabbitMQ's `user:password@`) replaced by `***`."""
-    return re.sub(r"(//[^/:@,]+:)[^@/]*@", r"\1***@", url)
+    """`url` with any password (`user:password@`, on every broker) replaced by `***`."""
+    return redacted(url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from faststream.rabbit.publisher.producer import AioPikaFastProducerImpl
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.schemas import Channel
 from faststream.rabbit.subscriber.usecase import RabbitSubscriber
+from pamqp import encode
 from pamqp.commands import Basic
 
 from brokers.base import (
@@ -65,8 +66,9 @@ from brokers.base import (
     decode_raw,
     decode_untouched,
     handler_endpoint,
-    replay_headers,
 )
+from brokers.fitting import fit
+from brokers.foreign_headers import amqp_value, application_headers
 from brokers.nodes import rabbit_node_urls
 from brokers.provisioning import log_outcomes
 from brokers.rabbit_failover import NodeFailover
@@ -88,6 +90,11 @@ RECONNECT_INTERVAL_S = 1.0
 """Pause between reconnection attempts after a lost connection (aio-pika's default is 5 s)."""
 PERSISTENT = 2
 """AMQP delivery mode of a message the broker writes to disk."""
+FRAME_MAX = 131072
+"""AMQP frame size RabbitMQ negotiates by default; the connection's own value is used when known."""
+HEADER_FRAME_ALLOWANCE = 1024
+"""Bytes of a content header frame besides the headers table: frame envelope, body size, flags and
+the other properties (content type, ids, timestamp, delivery mode)."""
 PREFETCH = 2 * BATCH_MAX
 """Unacknowledged deliveries per subscription: two batches' worth, so the broker keeps
 delivering the next batch while one is handled and acknowledged. With one batch's worth the
@@ -363,12 +370,20 @@ class RabbitTransport(Transport[RabbitBroker]):
         return [Delivery(m.body, m.headers or {}, attempt_header(m.headers or {}), m) for m in msg.raw_message]
 
     async def _schedule_retry(self, sub: Subscription, delivery: Delivery, attempt: int, delay_ms: int) -> None:
-        headers = {**_carried(delivery.headers), ATTEMPTS_HEADER: str(attempt)}
+        headers = self._fitted({**_carried(delivery.headers), ATTEMPTS_HEADER: str(attempt)}, {ATTEMPTS_HEADER})
         await self.publish_one(_Copy.of(delivery, delay_queue(sub, delay_ms).name, headers, to_queue=True))
 
     async def _dead_letter(self, sub: Subscription, delivery: Delivery, headers: dict[str, str]) -> None:
-        envelope = {**_carried(delivery.headers), **headers}
+        envelope = self._fitted({**_carried(delivery.headers), **headers}, set(headers))
         await self.publish_one(_Copy.of(delivery, dead_letter_exchange(sub.channel).name, envelope))
+
+    def _fitted(self, headers: dict[str, Any], ours: set[str]) -> dict[str, Any]:
+        """`headers` made to fit one content header frame (`brokers.fitting`, no body spill: RabbitMQ's
+        `max_message_size` counts the body only, and a copy's body is the original's, which fitted)."""
+        amqp = getattr(getattr(self._broker._connection, "transport", None), "connection", None)
+        frame_max = getattr(getattr(amqp, "connection_tune", None), "frame_max", 0) or FRAME_MAX
+        limit = frame_max - HEADER_FRAME_ALLOWANCE
+        return fit(b"", headers, limit=limit, size=_header_table_size, envelope=ours).headers
 
     async def _settle(self, sub: Subscription, done: list[Delivery], redeliver: list[Delivery]) -> None:  # noqa: ARG002
         """One multiple-ack up to the batch's last delivery when every delivery is done: the
@@ -417,16 +432,17 @@ class RabbitTransport(Transport[RabbitBroker]):
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
                     break
-                headers = {k: _text(v) for k, v in (incoming.headers or {}).items()}
-                letter = DeadLetter(queue.name, incoming.body, headers, str(incoming.delivery_tag))
+                raw = tuple((incoming.headers or {}).items())
+                headers = {k: _text(v) for k, v in raw}
+                letter = DeadLetter(queue.name, incoming.body, headers, str(incoming.delivery_tag), raw)
                 letters.append(letter)
-                if consume:
+                if consume:  # AMQP values as they came, without any framework's bookkeeping headers
                     await self._broker.publish(
                         letter.body,
                         exchange=exchange_of(letter.original_destination),
                         routing_key=headers.get(EVENT_TYPE_HEADER, ""),
                         persist=True,
-                        headers=cast("dict[str, Any]", replay_headers(letter)),
+                        headers={k: amqp_value(v) for k, v in application_headers(raw)},
                     )
                     await incoming.ack()
                 else:
@@ -480,6 +496,14 @@ def _addressed(m: Outgoing, now: datetime) -> tuple[str, str, Basic.Properties]:
         headers=cast("dict[str, Any]", headers),  # text values: valid AMQP field values
     )
     return exchange, routing_key, properties
+
+
+def _header_table_size(body: bytes, headers: Mapping[str, Any]) -> int:  # noqa: ARG001 - the body has its own frames
+    """Encoded size of `headers` as an AMQP field table (a value pamqp cannot encode: its text's size)."""
+    try:
+        return len(encode.field_table(dict(headers)))
+    except (TypeError, ValueError, AttributeError):
+        return sum(len(str(k).encode()) + len(str(v).encode()) + 6 for k, v in headers.items())
 
 
 def _routing_key(headers: dict[str, str]) -> str:

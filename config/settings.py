@@ -6,10 +6,11 @@ localhost so a fresh checkout runs without configuration.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property, lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BrokerName = Literal["kafka", "rabbit", "nats"]
@@ -36,6 +37,15 @@ class Settings(BaseSettings):
 
     broker: str = "kafka"
     broker_url: str | None = None
+    broker_username: str | None = Field(
+        None, description="Broker user; replaces the user name in BROKER_URL (brokers.credentials)."
+    )
+    broker_password: SecretStr | None = Field(
+        None, description="Broker password; replaces the one in BROKER_URL and stays out of the process list."
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism of a Kafka BROKER_URL with credentials: SCRAM-SHA-512|-256, PLAIN."
+    )
     database_url: str | None = None
     data_dir: str = "./data"
 
@@ -57,6 +67,17 @@ class Settings(BaseSettings):
     )
     payment_decline_user_prefix: str = Field(
         "declined", description="Payments of users whose userId starts with this are declined."
+    )
+    consumer_names: str = Field(
+        "",
+        description="Comma-separated `service=name` pairs naming a service's consumer (Kafka group id, owner of its "
+        "RabbitMQ queues, NATS durable), e.g. `inventory=inventory-group`; a service without one is "
+        "`<service>-service`. Every process must get the same value (publishers report their consumers' lag).",
+    )
+    order_events_flat_fields: bool = Field(
+        False,
+        description="The order service's OrderCreated with exactly one item also carries top-level `productId` and "
+        "`quantity` (copies of the item), which a consumer of the seed's flat OrderEvent reads.",
     )
     log_level: str = "INFO"
     otel_exporter_otlp_endpoint: str | None = None
@@ -107,6 +128,20 @@ class Settings(BaseSettings):
             raise ValueError(f"BROKER={value!r} is not supported; valid values are: {valid}")
         return name
 
+    @field_validator("consumer_names")
+    @classmethod
+    def _valid_consumer_names(cls, value: str) -> str:
+        parse_consumer_names(value)
+        return value
+
+    @cached_property
+    def _consumer_names(self) -> dict[str, str]:
+        return parse_consumer_names(self.consumer_names)
+
+    def consumer_name(self, service: str) -> str:
+        """The consumer name of `service` (`order`, `inventory`, …): CONSUMER_NAMES, else `<service>-service`."""
+        return self._consumer_names.get(service) or f"{service}-service"
+
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or DEFAULT_BROKER_URLS[self.broker]
@@ -125,6 +160,35 @@ class Settings(BaseSettings):
     def failing_products(self) -> frozenset[str]:
         """FAIL_PRODUCT_IDS as a set (asked for every order the inventory handles)."""
         return frozenset(p.strip() for p in self.fail_product_ids.split(",") if p.strip())
+
+
+CONSUMER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,100}")
+"""Valid as a Kafka group id and topic-name part, a RabbitMQ queue-name part and a NATS durable name."""
+
+
+def parse_consumer_names(value: str) -> dict[str, str]:
+    """CONSUMER_NAMES (`service=name,…`) as a dict; ValueError naming the first bad entry."""
+    names: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        service, sep, name = (s.strip() for s in entry.partition("="))
+        if not sep:
+            raise ValueError(f"{entry!r} is not service=name")
+        if service not in DEFAULT_HTTP_PORTS:
+            raise ValueError(f"{entry!r}: unknown service {service!r}; services are: {', '.join(DEFAULT_HTTP_PORTS)}")
+        if service in names:
+            raise ValueError(f"{entry!r}: {service} is named twice")
+        if not CONSUMER_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"{entry!r}: a consumer name is 1-100 letters, digits, '_' or '-'")
+        names[service] = name
+    taken: dict[str, str] = {}
+    for service in DEFAULT_HTTP_PORTS:
+        name = names.get(service) or f"{service}-service"
+        if name in taken:
+            raise ValueError(f"{service} and {taken[name]} would share the consumer name {name!r}")
+        taken[name] = service
+    return names
 
 
 @lru_cache

@@ -150,13 +150,14 @@ def combined_spec(services: Sequence[str] = SERVICES) -> Spec:
     """The whole system's document under the current environment (see module docstring)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from brokers.credentials import redacted
     from config import get_settings
 
     settings = get_settings()
     specs = {name: service_spec(name) for name in services}
     description = (
         f"All Switchboard services ({', '.join(f'{s}-service' for s in services)}) on `{settings.broker}`"
-        f" ({settings.resolved_broker_url}). Each operation is tagged with the service that performs it;"
+        f" ({redacted(settings.resolved_broker_url)}). Each operation is tagged with the service that performs it;"
         " `<channel>.DLT` channels carry dead letters (original bytes plus `x-*` envelope headers)."
     )
     return merge(specs, title="Switchboard", description=description)

@@ -5,6 +5,8 @@
 # Everything (jars, data, logs, pid files) lives under <repo>/.local/<broker>/.
 # `--nodes 3` runs a local 3-node cluster instead (scripts/brokers-cluster.sh),
 # under <repo>/.local/<broker>-cluster/node<i>/, next to the single nodes.
+# `--auth` runs the secured profile instead (scripts/brokers-auth.sh): authentication and
+# per-service permissions on ports of its own, under <repo>/.local/<broker>-auth/.
 # Run `scripts/brokers.sh help` for usage.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
@@ -30,7 +32,7 @@ BROKERS=(kafka rabbit nats)
 
 usage() {
   cat <<EOF
-Usage: $PROG COMMAND [TARGET...] [--nodes 1|3]
+Usage: $PROG COMMAND [TARGET...] [--nodes 1|3 | --auth [--user USER] [--namespace NS]]
 
   install [kafka|rabbit|nats|prometheus|all]  install jars/packages only
   start   [kafka|rabbit|nats|all]   install if missing, start if not running, wait until ready
@@ -54,6 +56,18 @@ only when all 3 are up and the cluster is usable; stop stops the cluster only.
           (routes :16222-16224, monitor :18222-18224, cluster "switchboard")
 State: .local/<broker>-cluster/node<i>/, server pid in node<i>/<broker>.pid.
 Cluster waits default to ${CL_WAIT_TIMEOUT}s (BROKERS_WAIT_TIMEOUT overrides).
+
+--auth: the secured profile, one node of each TARGET with authentication on and
+per-service permissions (next to the open single nodes, whose addresses stay as they are).
+Users admin, order, inventory, payment, notification; passwords generated once into
+.local/auth/credentials.env (mode 600). start also puts the grants in place.
+  kafka   localhost:29092 SASL_PLAINTEXT SCRAM-SHA-512, ACLs (controller :29093)
+  rabbit  amqp://localhost:5690/switchboard (node sbauth@localhost, distribution :25690)
+  nats    nats://127.0.0.1:24222 (monitor :28222), per-user subject permissions
+  url TARGET --auth [--user USER]   the BROKER_URL with USER's credentials (default admin)
+  grant TARGET --auth [--namespace NS]   grant NS too (CHANNEL_NAMESPACE) and re-apply the grants
+  revoke TARGET --auth --namespace NS    withdraw the grants of NS
+State: .local/<broker>-auth/ (pid in <broker>.pid), .local/auth/ (credentials, namespaces).
 EOF
 }
 
@@ -589,7 +603,8 @@ stop_our_epmd() {
   local pid exe names
   for pid in $(port_pids 4369); do
     [[ $pid == "?" ]] && continue
-    pid_has "$pid" "$(bk_needle rabbit)" || pid_has "$pid" "$LOCAL/rabbit-cluster/" || continue
+    pid_has "$pid" "$(bk_needle rabbit)" || pid_has "$pid" "$LOCAL/rabbit-cluster/" ||
+      pid_has "$pid" "$LOCAL/rabbit-auth/" || continue
     exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || exe=epmd
     names=$("$exe" -names 2>/dev/null) || names=""
     [[ $names == *"name "* ]] && continue
@@ -826,10 +841,10 @@ bk_url() {
 }
 
 main() {
-  local cmd=${1:-} targets=() t rc=0 t0 nodes=1 args=()
+  local cmd=${1:-} targets=() t rc=0 t0 nodes=1 args=() auth=""
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    install | start | stop | status | wait | url) ;;
+    install | start | stop | status | wait | url | grant | revoke) ;;
     -h | --help | help) usage; return 0 ;;
     "") usage >&2; return 2 ;;
     *) printf 'brokers.sh: error: unknown command "%s"\n\n' "$cmd" >&2; usage >&2; return 2 ;;
@@ -838,10 +853,16 @@ main() {
     case $1 in
       --nodes) [[ $# -ge 2 ]] || die "--nodes needs a value (1 or 3)"; nodes=$2; shift 2 ;;
       --nodes=*) nodes=${1#--nodes=}; shift ;;
+      --auth) auth=1; shift ;;
+      --user) [[ $# -ge 2 ]] || die "--user needs a value"; AU_USER=$2; shift 2 ;;
+      --namespace) [[ $# -ge 2 ]] || die "--namespace needs a value"; AU_NAMESPACE=$2; shift 2 ;;
       *) args+=("$1"); shift ;;
     esac
   done
   [[ $nodes == 1 || $nodes == 3 ]] || die "--nodes must be 1 or 3, not \"$nodes\""
+  [[ -n $auth && $nodes == 3 ]] && die "--auth and --nodes 3 cannot be combined"
+  [[ ($cmd == grant || $cmd == revoke) && -z $auth ]] && die "$cmd is a command of the secured profile: add --auth"
+  [[ $AU_NAMESPACE =~ ^[A-Za-z0-9_-]*$ ]] || die "--namespace must be letters, digits, - and _ only"
   set -- ${args[@]+"${args[@]}"}
   [[ $# -eq 0 ]] && set -- all
   for t in "$@"; do
@@ -861,6 +882,10 @@ main() {
     esac
   done
   [[ $WAIT_TIMEOUT =~ ^[0-9]+$ ]] || die "BROKERS_WAIT_TIMEOUT must be a number of seconds"
+  if [[ -n $auth && $cmd != install ]]; then # install: the same jars/packages
+    auth_main "$cmd" "${targets[@]}"
+    return
+  fi
   if [[ $cmd == url ]]; then
     for t in "${targets[@]}"; do
       if [[ $nodes == 3 ]]; then cl_url "$t"; else bk_url "$t"; fi
@@ -906,5 +931,7 @@ main() {
 
 # shellcheck source=scripts/brokers-cluster.sh
 source "$ROOT/scripts/brokers-cluster.sh"
+# shellcheck source=scripts/brokers-auth.sh
+source "$ROOT/scripts/brokers-auth.sh"
 
 main "$@"

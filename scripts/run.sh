@@ -2,6 +2,8 @@
 # Run the whole system on one broker, no Docker: installs what is missing, starts
 # the broker (BROKER=kafka|rabbit|nats, default kafka) and the four services, and
 # stops the services on Ctrl-C (the broker keeps running: scripts/brokers.sh stop).
+# AUTH=1: on the secured broker profile (scripts/brokers.sh start <broker> --auth), each
+# service connecting as its own broker user.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,7 +14,20 @@ case "$BROKER" in
 esac
 
 scripts/setup.sh
-scripts/brokers.sh start "$BROKER"
+declare -A svc_env=()
+if [[ ${AUTH:-0} == 1 ]]; then
+  scripts/brokers.sh start "$BROKER" --auth
+  case "$BROKER" in
+    kafka) export BROKER_URL=localhost:29092 ;;
+    rabbit) export BROKER_URL=amqp://localhost:5690/switchboard ;;
+    nats) export BROKER_URL=nats://127.0.0.1:24222 ;;
+  esac
+  for svc in order inventory payment notification; do
+    svc_env[$svc]=$(grep "^BROKER_PASSWORD_${svc^^}=" .local/auth/credentials.env | cut -d= -f2)
+  done
+else
+  scripts/brokers.sh start "$BROKER"
+fi
 
 LOGS="$ROOT/.local/logs"
 mkdir -p "$LOGS"
@@ -21,7 +36,11 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 for svc in order inventory payment notification; do
-  .venv/bin/faststream run "services.$svc:app" >"$LOGS/$svc.log" 2>&1 &
+  if [[ -n ${svc_env[$svc]:-} ]]; then # the password in the environment, not on the command line
+    BROKER_USERNAME=$svc BROKER_PASSWORD=${svc_env[$svc]} .venv/bin/faststream run "services.$svc:app" >"$LOGS/$svc.log" 2>&1 &
+  else
+    .venv/bin/faststream run "services.$svc:app" >"$LOGS/$svc.log" 2>&1 &
+  fi
   pids+=("$!")
 done
 
@@ -35,7 +54,7 @@ for port in 8080 8081 8082 8083; do
 done
 
 cat <<MSG
-Switchboard is up on $BROKER (logs: .local/logs/). Try the seed's order:
+Switchboard is up on $BROKER${BROKER_URL:+ at $BROKER_URL} (logs: .local/logs/). Try the seed's order:
 
   curl -X POST http://localhost:8080/orders -H "Content-Type: application/json" \\
        -d '{"orderId": "1001", "productId": "P123", "quantity": 2}'

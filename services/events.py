@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 ORDER_EVENTS = "order-events"
@@ -25,6 +25,16 @@ ProductId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN
 OrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["1001"])]
 
 
+def _integral(value: Any) -> Any:
+    """A JSON number without a fractional part (`2.0`) as the int it equals."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_integral), Field(strict=True)]
+"""An integer field: a JSON number without a fractional part (`2` or `2.0`: JSON Schema's `integer`,
+which the OpenAPI and AsyncAPI documents declare); `true`, `1.5` and `"2"` are refused."""
+
+
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -34,7 +44,7 @@ class Model(BaseModel):
 
 class OrderItem(Model):
     product_id: ProductId
-    quantity: int = Field(gt=0, le=1_000_000, strict=True, examples=[2])  # strict: not true, 1.5 or "2"
+    quantity: JsonInteger = Field(gt=0, le=1_000_000, examples=[2])
 
 
 def items_of_product_ids(items: Any) -> Any:
@@ -85,6 +95,46 @@ class OrderCreated(Event):
     event_type: Literal["OrderCreated"] = "OrderCreated"
     user_id: str | None = None
     items: list[OrderItem] = Field(min_length=1, max_length=100)
+    product_id: ProductId | None = Field(
+        None,
+        description="Compatibility field (ORDER_EVENTS_FLAT_FIELDS): the productId of the only item, for consumers "
+        "of the seed's flat OrderEvent; absent otherwise. When present it must equal items[0].productId.",
+    )
+    quantity: JsonInteger | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="Compatibility field (ORDER_EVENTS_FLAT_FIELDS): the quantity of the only item; absent "
+        "otherwise. When present it must equal items[0].quantity.",
+    )
+
+    def with_flat_fields(self) -> OrderCreated:
+        """This event carrying top-level `productId` and `quantity` when it has exactly one item."""
+        if len(self.items) != 1:
+            return self
+        item = self.items[0]
+        return self.model_copy(update={"product_id": item.product_id, "quantity": item.quantity})
+
+    @model_validator(mode="after")
+    def _flat_fields_match_item(self) -> OrderCreated:
+        """Top-level productId/quantity copy the single item: anything else is ambiguous (which one
+        would a flat-OrderEvent consumer act on?), so the event is invalid (poison)."""
+        flat = {"productId": self.product_id, "quantity": self.quantity}
+        present = {k: v for k, v in flat.items() if v is not None}
+        if not present:
+            return self
+        if len(self.items) != 1:
+            raise ValueError(f"top-level {', '.join(present)} is only allowed with exactly one item")
+        item = {"productId": self.items[0].product_id, "quantity": self.items[0].quantity}
+        for name, value in present.items():
+            if item[name] != value:
+                raise ValueError(f"top-level {name} {value!r} differs from the item's {item[name]!r}")
+        return self
+
+    def to_json_bytes(self) -> bytes:
+        """The compatibility fields are written only when set, never as null."""
+        absent = {name for name in ("product_id", "quantity") if getattr(self, name) is None}
+        return self.model_dump_json(by_alias=True, exclude=absent).encode()
 
     @model_validator(mode="before")
     @classmethod
@@ -224,12 +274,12 @@ InventoryEvent = Annotated[InventoryReserved | InventoryRejected | InventoryRele
 PaymentEvent = Annotated[PaymentProcessed | PaymentFailed, Field(discriminator="event_type")]
 
 CONSUMERS: dict[str, tuple[str, ...]] = {
-    ORDER_EVENTS: ("inventory-service", "notification-service"),
-    INVENTORY_EVENTS: ("order-service", "payment-service", "notification-service"),
-    PAYMENT_EVENTS: ("order-service", "inventory-service", "notification-service"),
+    ORDER_EVENTS: ("inventory", "notification"),
+    INVENTORY_EVENTS: ("order", "payment", "notification"),
+    PAYMENT_EVENTS: ("order", "inventory", "notification"),
 }
-"""Who consumes each channel: a publisher reports its consumers' lag, so the gauge
-stays visible while a consumer is down (when it matters most)."""
+"""Which services consume each channel (their consumer names: `Settings.consumer_name`): a publisher
+reports its consumers' lag, so the gauge stays visible while a consumer is down (when it matters most)."""
 
 CHANNEL_EVENTS: dict[str, Any] = {
     ORDER_EVENTS: OrderCreated,

@@ -28,6 +28,7 @@ from services.events import (
     InventoryRejected,
     InventoryReleased,
     InventoryReserved,
+    JsonInteger,
     Model,
     OrderCreated,
     OrderItem,
@@ -72,7 +73,7 @@ class StockLevel(Model):
 class SetStock(Model):
     model_config = ConfigDict(strict=True)  # `available` is a JSON integer: not true, 1.5 or "2"
 
-    available: int = Field(ge=0, le=1_000_000_000)
+    available: JsonInteger = Field(ge=0, le=1_000_000_000)
 
 
 def _lock_suffix() -> str:

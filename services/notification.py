@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Query
 
 from brokers.base import DeadLetter
+from brokers.fitting import H_BODY_REF, H_BODY_SIZE
 from services.events import (
     INVENTORY_EVENTS,
     ORDER_EVENTS,
@@ -107,10 +108,19 @@ def loggable_body(body: bytes) -> str:
     return f"{shown} [cut: {len(body)} bytes, first {LOGGED_BODY_BYTES} shown]"
 
 
+def _shown_body(letter: DeadLetter) -> str:
+    """What the log shows of the body; a body kept apart (too large for the broker with its
+    envelope, `brokers.fitting`) is named, `python -m brokers.dlt list` shows it."""
+    ref = letter.headers.get(H_BODY_REF)
+    if ref:
+        return f"[body of {letter.headers.get(H_BODY_SIZE, '?')} bytes kept apart as {ref}]"
+    return loggable_body(letter.body)
+
+
 async def report_dead_letter(letter: DeadLetter) -> None:
     """Log and keep a dead-lettered message (the seed's DLT listener)."""
     body = letter.body.decode("utf-8", "replace")
-    log.warning("DLT received failed message: %s", loggable_body(letter.body))
+    log.warning("DLT received failed message: %s", _shown_body(letter))
     received_at = datetime.now(UTC).isoformat()
     await service.db.transaction(
         lambda tx: tx.execute(

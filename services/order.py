@@ -21,7 +21,9 @@ from typing import Annotated, Any
 
 from fastapi import HTTPException, Path
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from services.events import (
     INVENTORY_EVENTS,
@@ -93,6 +95,28 @@ class PlaceOrder(Model):
             return {**data, "items": items_of_product_ids(data["items"])}
         return data
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """Both shapes `_seed_shape` accepts, so that the OpenAPI document admits exactly what the route
+        does: `items` (objects or product ids), or the seed's `productId` and `quantity` without `items`."""
+        schema = handler.resolve_ref_schema(handler(core))
+        fields = schema.pop("properties")
+        item_ref = fields["items"]["items"]
+        item = handler.resolve_ref_schema(item_ref)["properties"]
+        fields["items"]["items"] = {"anyOf": [item_ref, item["productId"]]}
+        common = {"orderId": fields["orderId"], "userId": fields["userId"]}
+        schema.pop("required", None)
+        schema["anyOf"] = [
+            {"type": "object", "properties": {**common, "items": fields["items"]}, "required": ["items"]},
+            {
+                "type": "object",
+                "properties": {**common, "productId": item["productId"], "quantity": item["quantity"]},
+                "required": ["productId", "quantity"],
+                "not": {"required": ["items"]},
+            },
+        ]
+        return schema
+
     def fingerprint(self) -> str:
         items = sorted((i.product_id, i.quantity) for i in self.items)
         return json.dumps({"userId": self.user_id, "items": items}, sort_keys=True)
@@ -127,7 +151,10 @@ def _place(tx: Tx, order_id: str, order: PlaceOrder) -> bool:
         f"INSERT INTO {ORDERS} (order_id, user_id, items, status, fingerprint) VALUES (?, ?, ?, 'PENDING', ?)",
         (order_id, order.user_id, items_json, order.fingerprint()),
     )
-    service.outbox.add(tx, ORDER_EVENTS, OrderCreated(order_id=order_id, user_id=order.user_id, items=order.items))
+    event = OrderCreated(order_id=order_id, user_id=order.user_id, items=order.items)
+    if service.settings.order_events_flat_fields:  # for consumers of the seed's flat OrderEvent
+        event = event.with_flat_fields()
+    service.outbox.add(tx, ORDER_EVENTS, event)
     return True
 
 

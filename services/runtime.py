@@ -21,12 +21,15 @@ import gc
 import hmac
 import json
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,9 +39,12 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from brokers import Subscription, create_transport
 from brokers.base import DeadLetter
+from brokers.credentials import redacted
 from config import Settings, get_settings
 from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
@@ -65,6 +71,29 @@ admin_bearer = HTTPBearer(
 )
 
 
+STARTUP_FAILURE_EXIT_S = 5.0
+"""A service whose startup failed (e.g. a consumer group it cannot join) exits with status 3 at the
+latest this long after: a thread left behind by the aborted startup must not keep it alive, idle
+and answering nothing, where a supervisor would never restart it."""
+
+
+def _exit_if_startup_fails(send: Send) -> Send:
+    async def watched(message: Any) -> None:
+        if message.get("type") == "lifespan.startup.failed":
+            _exit_soon(message.get("message", ""))
+        await send(message)
+
+    return watched
+
+
+def _exit_soon(reason: str) -> None:
+    """The lifespan failed: exit with status 3 within STARTUP_FAILURE_EXIT_S, whatever is left running."""
+    log.critical("lifespan failed, exiting with status 3: %s", reason)
+    timer = threading.Timer(STARTUP_FAILURE_EXIT_S, os._exit, (3,))
+    timer.daemon = True
+    timer.start()
+
+
 class ServiceApp(AsgiFastStream):
     """FastStream's ASGI app (lifespan, AsyncAPI) with every other path served by FastAPI."""
 
@@ -78,6 +107,16 @@ class ServiceApp(AsgiFastStream):
         super().__init__(*args, **kwargs)
         self._http = http
         self._defaults = defaults
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await super().__call__(scope, receive, _exit_if_startup_fails(send))
+        except Exception as exc:
+            _exit_soon(f"{type(exc).__name__}: {exc}")
+            raise
 
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -250,6 +289,15 @@ def declare_error_answers(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def allowed_methods(api: FastAPI, scope: Scope) -> list[str]:
+    """The methods of every route of `api` whose path matches the request's, sorted."""
+    methods: set[str] = set()
+    for route in api.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def usable_admin_token(token: str | None) -> str | None:
     """ADMIN_TOKEN if it enables the admin routes: set, not blank, at least 16 characters."""
     if token is None or not token.strip() or len(token) < ADMIN_TOKEN_MIN_CHARS:
@@ -272,14 +320,20 @@ class Service:
 
     def __init__(self, name: str, *, title: str, description: str, settings: Settings | None = None) -> None:
         self.name = name
-        self.consumer = f"{name}-service"
+        self.service_name = f"{name}-service"
         self.settings = settings or get_settings()
+        self.consumer = self.settings.consumer_name(name)
+        """Kafka group, RabbitMQ queue owner, NATS durable: `<name>-service` unless CONSUMER_NAMES names it."""
+        self.published: list[str] = []
+        self.dead_letters_heard: list[str] = []
+        """Contract channels this service publishes / whose dead letters it listens to (broker grants:
+        `brokers.permissions`)."""
         configure_logging(self.settings.log_level)
         self._subscribed = False
         self.registry = CollectorRegistry()
-        self.tracer_provider = tracer_provider(self.consumer, self.settings.otel_exporter_otlp_endpoint)
+        self.tracer_provider = tracer_provider(self.service_name, self.settings.otel_exporter_otlp_endpoint)
         self.transport = create_transport(
-            self.settings, self.registry, app_name=self.consumer, tracer_provider=self.tracer_provider
+            self.settings, self.registry, app_name=self.service_name, tracer_provider=self.tracer_provider
         )
         self.db = Database(self.settings.database_url_for(name))
         self.outbox = Outbox(self.db, self.transport, self.table("outbox"), self._channel_names())
@@ -359,12 +413,14 @@ class Service:
 
     def listen_dead_letters(self, channel: str, handler: Callable[[DeadLetter], Awaitable[None]]) -> None:
         """`handler` sees every message dead-lettered from `channel`, which stays on the DLT."""
+        self.dead_letters_heard.append(channel)
         self.transport.listen_dead_letters(self.channel(channel), self.consumer, handler)
 
     def publishes(self, channel: str, model: Any, description: str) -> None:
+        self.published.append(channel)
         self.transport.declare_publisher(self.channel(channel), model, description)
-        for consumer in CONSUMERS.get(channel, ()):
-            self.transport.watch_lag(self.channel(channel), consumer)
+        for service in CONSUMERS.get(channel, ()):
+            self.transport.watch_lag(self.channel(channel), self.settings.consumer_name(service))
 
     # --- lifecycle -----------------------------------------------------------------
     async def _on_startup(self) -> None:
@@ -377,7 +433,7 @@ class Service:
     async def _after_startup(self) -> None:
         _freeze_startup_objects()
         self._subscribed = True
-        log.info("%s ready on %s (broker %s)", self.consumer, self.transport.url, self.transport.label)
+        log.info("%s ready on %s (broker %s)", self.service_name, redacted(self.transport.url), self.transport.label)
 
     async def _on_shutdown(self) -> None:
         try:  # settle what was handled while the connection is still open
@@ -401,9 +457,17 @@ class Service:
             detail = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
             return JSONResponse({"detail": detail, "errors": validation_errors(exc)}, status_code=422)
 
+        @api.exception_handler(StarletteHTTPException)
+        async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+            """FastAPI's answer, except that a 405's `Allow` names every method of the path
+            (Starlette's names only those of the first route that matched the path)."""
+            if exc.status_code == 405:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(api, request.scope))}
+            return await http_exception_handler(request, exc)
+
         @api.get("/health", tags=["ops"], summary="200 while the process runs")
         async def health() -> dict[str, str]:
-            return {"status": "UP", "service": self.consumer}
+            return {"status": "UP", "service": self.service_name}
 
         @api.get(
             "/ready",

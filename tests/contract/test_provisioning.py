@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from brokers import Subscription, create_transport
+from brokers.kafka_provision import COPY_HEADROOM_BYTES, DEFAULT_MESSAGE_MAX_BYTES
 from brokers.nats import stream_name
 from brokers.provisioning import CREATED, EXISTS, MISMATCH, WOULD_CREATE
 from config import Settings
@@ -33,7 +34,9 @@ pytestmark = pytest.mark.contract
 
 KAFKA, RABBIT, NATS = "localhost:9092", "amqp://guest:guest@localhost:5672/", "nats://localhost:4222"
 RETRY = {"RETRY_MAX_ATTEMPTS": "3", "RETRY_DELAY_MS": "400", "RETRY_BACKOFF_MULTIPLIER": "2.0"}
-LINE = re.compile(r"^(topic|stream|queue|exchange) (\S+): (created|exists|MISMATCH|would create|FAILED)(?: \((.*)\))?$")
+LINE = re.compile(
+    r"^(topic|stream|queue|exchange|object store) (\S+): (created|exists|MISMATCH|would create|FAILED)(?: \((.*)\))?$"
+)
 DELAY_ARGS = {"x-dead-letter-exchange": "", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
@@ -111,7 +114,7 @@ class Inspector:
         elif self.broker == "nats":
             js = self.client.jetstream()
             for info in await js.streams_info():
-                if info.config.name.startswith(stream_name(namespace) + "_"):
+                if info.config.name.startswith((stream_name(namespace) + "_", f"OBJ_{stream_name(namespace)}-")):
                     await js.delete_stream(info.config.name)
         else:
             _, objects = await provision_cli("rabbit", namespace, "--dry-run", "--dlt-listener", "notification-service")
@@ -152,15 +155,19 @@ async def test_provision_creates_what_the_services_use_once(broker: str, namespa
     assert {outcome for outcome, _ in first.values()} == {CREATED}, first
 
     if broker == "kafka":
+        # retry and DLT topics: the local broker's default message.max.bytes + the headroom
+        copy_limit = f"max.message.bytes {DEFAULT_MESSAGE_MAX_BYTES + COPY_HEADROOM_BYTES}"
         for topic in ("order-events", "order-events.DLT", "order-events.inventory-service.retry-400ms"):
             assert await inspect.topic(ch(topic)) == (3, 1), topic
-            assert first[f"topic {ch(topic)}"][1] == "partitions 3, replication factor 1"  # 1 node: no min ISR
+            detail = "partitions 3, replication factor 1"  # 1 node: no min ISR
+            assert first[f"topic {ch(topic)}"][1] == (detail if topic == "order-events" else f"{detail}, {copy_limit}")
         assert len(first) == 3 * 2 + 8 * 2  # channels + DLTs, 8 subscriptions × 2 retry tiers
     elif broker == "nats":
         for channel in ("order-events", "payment-events"):
             for stream in (stream_name(ch(channel)), stream_name(ch(channel)) + "-DLT"):
                 assert await inspect.stream_replicas(stream) == 1, stream
-        assert len(first) == 3 * 2
+        assert first[f"object store {stream_name(namespace)}-dead-letter-bodies"] == (CREATED, "replicas 1")
+        assert len(first) == 3 * 2 + 1  # streams + the bucket of dead-letter bodies
     else:
         assert await inspect.queue_type(ch("order-events.DLT")) == "quorum"
         assert await inspect.queue_type(ch("order-events.DLT.notification-service")) == "quorum"

@@ -126,7 +126,15 @@ class ServiceProcess:
 class System:
     """The four services on one broker, talking to each other through it."""
 
-    def __init__(self, broker: str, workdir: Path, port_base: int | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        broker: str,
+        workdir: Path,
+        port_base: int | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+        **env: str,
+    ) -> None:
+        """`env` goes to every service, `service_env[name]` to that service only (on top of it)."""
         self.broker = broker
         self.namespace = uid(f"t{broker[0]}")
         self.workdir = workdir
@@ -142,7 +150,11 @@ class System:
             **env,
         }
         base = port_base or BASE_PORT[broker]
-        self.services = {name: ServiceProcess(name, base + i, self.env, workdir) for i, name in enumerate(SERVICES)}
+        own = service_env or {}
+        self.services = {
+            name: ServiceProcess(name, base + i, {**self.env, **own.get(name, {})}, workdir)
+            for i, name in enumerate(SERVICES)
+        }
         self.http = httpx.AsyncClient(timeout=10.0)
 
     def channel(self, name: str) -> str:

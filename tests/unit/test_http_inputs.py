@@ -68,7 +68,7 @@ async def test_a_chunked_body_over_64_kib_to_an_admin_route_gets_413() -> None:
 
 
 # --- item 3: JSON types as declared ----------------------------------------------------------
-@pytest.mark.parametrize("quantity", [True, 1.5, "2", 2.0])
+@pytest.mark.parametrize("quantity", [True, 1.5, "2", -0.5])
 @pytest.mark.parametrize("shape", ["flat", "items"])
 async def test_a_quantity_that_is_not_a_json_integer_gets_422(quantity: Any, shape: str) -> None:
     item = {"productId": "P123", "quantity": quantity}
@@ -88,6 +88,38 @@ async def test_stock_that_is_not_a_json_integer_gets_422(available: Any) -> None
     assert [e["field"] for e in r.json()["errors"]] == ["available"]
 
 
+@pytest.fixture
+async def order_store() -> AsyncIterator[None]:
+    await order.service.db.connect(order.service.schema)
+    try:
+        yield
+    finally:
+        await order.service.db.close()
+
+
+@pytest.mark.usefixtures("order_store")
+@pytest.mark.parametrize("shape", ["flat", "items"])
+async def test_a_json_number_without_a_fraction_is_an_integer_quantity(shape: str) -> None:
+    """`2.0` is an integer in JSON Schema, whose `integer` the OpenAPI document declares: accepted as 2."""
+
+    def body(quantity: Any) -> dict[str, Any]:
+        item = {"productId": "P123", "quantity": quantity}
+        return {"orderId": f"integral-{shape}", **(item if shape == "flat" else {"items": [item]})}
+
+    async with client(order.service) as http:
+        r = await http.post("/orders", json=body(2.0))
+        again = await http.post("/orders", json=body(2))
+    assert r.status_code == 202, r.text
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (202, "true")  # the same order
+
+
+@pytest.mark.usefixtures("connected")
+async def test_stock_without_a_fraction_is_an_integer() -> None:
+    async with client(inventory.service) as http:
+        r = await http.put("/inventory/P-INTEGRAL", json={"available": 8.0}, headers=BEARER)
+    assert (r.status_code, r.json()) == (200, {"productId": "P-INTEGRAL", "available": 8})
+
+
 async def test_a_user_id_that_is_not_a_string_gets_422() -> None:
     async with client(order.service) as http:
         r = await http.post("/orders", json={"userId": 7, "productId": "P123", "quantity": 1})
@@ -95,14 +127,31 @@ async def test_a_user_id_that_is_not_a_string_gets_422() -> None:
     assert [e["field"] for e in r.json()["errors"]] == ["userId"]
 
 
-@pytest.mark.parametrize("quantity", ["true", "1.5", "2.0", '"2"'])
+@pytest.mark.parametrize("quantity", ["true", "1.5", "2.5", '"2"'])
 def test_an_event_whose_quantity_is_not_a_json_integer_is_poison(quantity: str) -> None:
     """The broker side validates bodies as JSON with the same OrderItem (docs/contract.md: integer)."""
     adapter = TypeAdapter(OrderCreated)
     body = '{"orderId": "o1", "items": [{"productId": "P1", "quantity": %s}]}'
     assert adapter.validate_json(body % "2").items[0].quantity == 2
+    assert adapter.validate_json(body % "2.0").items[0].quantity == 2
     with pytest.raises(ValidationError):
         adapter.validate_json(body % quantity)
+
+
+# --- OpenAPI honesty: a 405's Allow lists what the document lists for the path ------------------
+@pytest.mark.parametrize(
+    ("service", "path", "allowed"),
+    [
+        (inventory.service, "/inventory/P1", "GET, PUT"),
+        (order.service, "/orders", "POST"),
+        (order.service, "/orders/o1", "GET"),
+    ],
+)
+@pytest.mark.parametrize("method", ["OPTIONS", "DELETE"])
+async def test_a_405_allows_every_method_of_the_path(service: Service, path: str, allowed: str, method: str) -> None:
+    async with client(service) as http:
+        r = await http.request(method, path)
+    assert (r.status_code, r.headers["allow"], r.json()) == (405, allowed, {"detail": "Method Not Allowed"})
 
 
 # --- item 4: productId has orderId's character rule -----------------------------------------

@@ -95,3 +95,20 @@ def test_every_4xx_has_a_body(spec: tuple[str, dict[str, Any]]) -> None:
         for code, answer in op["responses"].items():
             if code.startswith("4"):
                 assert answer.get("content"), (method, path, code)
+
+
+def test_the_order_body_admits_each_shape_the_route_accepts() -> None:
+    """`items` of item objects or product ids (quantity 1), or the seed's flat `productId` and
+    `quantity` without `items`: a body of either shape gets 202, so the document admits both."""
+    schemas = order.service.api.openapi()["components"]["schemas"]
+    listed, flat = schemas["PlaceOrder"]["anyOf"]
+    assert listed["required"] == ["items"]
+    assert listed["properties"]["items"]["items"]["anyOf"] == [
+        {"$ref": "#/components/schemas/OrderItem"},
+        schemas["OrderItem"]["properties"]["productId"],
+    ]
+    assert (flat["required"], flat["not"]) == (["productId", "quantity"], {"required": ["items"]})
+    assert flat["properties"]["productId"] == schemas["OrderItem"]["properties"]["productId"]
+    assert flat["properties"]["quantity"] == schemas["OrderItem"]["properties"]["quantity"]
+    for shape in (listed, flat):
+        assert {"orderId", "userId"} <= set(shape["properties"])

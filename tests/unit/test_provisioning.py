@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiokafka.admin.config_resource import ConfigResourceType
 from faststream.nats import JStream
 from nats.js.errors import BadRequestError, NotFoundError, ServerError
 
 from brokers import Provisioning, provisioning
-from brokers.kafka_provision import provision_topics
+from brokers.kafka_provision import COPY_HEADROOM_BYTES, provision_topics
 from brokers.nats_provision import StreamProvisioner, cluster_size
 from brokers.provisioning import (
     CREATED,
@@ -31,6 +32,8 @@ from brokers.provisioning import (
 )
 from brokers.rabbit_provision import _Declarer, _use_as_it_is, declare_nothing
 from config import Settings
+
+BROKER_MESSAGE_MAX = 1048588
 
 # --- arithmetic -----------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class FakeAdmin:
         self.described: list[str] = []
         self.race: set[str] = set()
         self.refuse: dict[str, int] = {}
+        self.max_message: dict[str, int] = {}
 
     async def describe_cluster(self) -> dict[str, Any]:
         return {"brokers": [{"node_id": i} for i in range(self.brokers)]}
@@ -152,6 +156,8 @@ class FakeAdmin:
             else:
                 isr = int(topic.topic_configs.get("min.insync.replicas", 1))
                 self.topics[topic.name] = (topic.num_partitions, topic.replication_factor, isr)
+                if "max.message.bytes" in topic.topic_configs:
+                    self.max_message[topic.name] = int(topic.topic_configs["max.message.bytes"])
                 errors.append({"topic": topic.name, "error_code": 0, "error_message": None})
         return _Response({"topic_errors": errors})
 
@@ -175,7 +181,14 @@ class FakeAdmin:
             {
                 "resource_name": r.name,
                 "config_entries": [
-                    {"config_names": "min.insync.replicas", "config_value": str(self.topics[r.name][2])}
+                    {"config_names": "message.max.bytes", "config_value": str(BROKER_MESSAGE_MAX)}
+                    if r.resource_type == ConfigResourceType.BROKER
+                    else {"config_names": "min.insync.replicas", "config_value": str(self.topics[r.name][2])},
+                    *(
+                        [{"config_names": "max.message.bytes", "config_value": str(self.max_message[r.name])}]
+                        if r.name in self.max_message
+                        else []
+                    ),
                 ],
             }
             for r in resources
@@ -193,6 +206,24 @@ async def test_kafka_creates_missing_topics_with_partitions_rf_and_min_isr() -> 
         ("b", 3, 3, {"min.insync.replicas": "2"}),
     ]
     assert admin.described == ["a", "b"]  # created, then awaited in the metadata: never described before
+
+
+async def test_kafka_retry_and_dlt_topics_take_a_record_plus_its_envelope() -> None:
+    admin = FakeAdmin(brokers=1, topics={"old.DLT": (3, 1, 1)})
+    outcomes = await provision_topics(
+        admin,  # type: ignore[arg-type]
+        ["ch", "ch.DLT", "ch.inventory-service.retry-400ms", "old.DLT"],
+        Provisioning(),
+    )
+    copy_limit = BROKER_MESSAGE_MAX + COPY_HEADROOM_BYTES
+    assert {t.name: t.topic_configs for t in admin.created} == {
+        "ch": {},
+        "ch.DLT": {"max.message.bytes": str(copy_limit)},
+        "ch.inventory-service.retry-400ms": {"max.message.bytes": str(copy_limit)},
+    }
+    old = next(o for o in outcomes if o.name == "old.DLT")
+    assert old.outcome == MISMATCH
+    assert old.detail == f"max.message.bytes unset (wanted {copy_limit})"
 
 
 async def test_kafka_single_broker_gets_rf_1_and_no_min_isr() -> None:

@@ -1,0 +1,118 @@
+"""NATS size guard: what the server counts against `max_payload`, the refusal before sending, the
+exit when the server closes the connection (nats-py never reconnects after a server error), and
+pull loops that back off instead of spinning."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, MaxPayloadError
+from prometheus_client import CollectorRegistry
+
+from brokers import create_transport
+from brokers.nats import CONNECTION_LOST_EXIT, NatsTransport, _check_size, _wire_size, _YieldingPullSubscriber
+from config import Settings
+
+
+async def sent_size(body: bytes, headers: dict[str, str]) -> int:
+    """The total size nats-py announces to the server in its HPUB command (headers + body)."""
+    client = Client()
+    sent: list[bytes] = []
+
+    async def capture(command: bytes, priority: bool = False) -> None:  # noqa: ARG001
+        sent.append(command)
+
+    client._send_command = capture  # type: ignore[method-assign,assignment]
+    await client._send_publish("subject", "", body, len(body), headers)
+    return int(sent[0].split(b"\r\n", 1)[0].split()[-1])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"x-exception-message": "boom " * 50, "traceparent": "00-abc-def-01"}, {"k": "välue"}],
+)
+async def test_wire_size_is_what_nats_py_sends(headers: dict[str, str]) -> None:
+    body = b"b" * 1000
+    if not headers:
+        assert _wire_size(body, headers) == len(body)
+    else:
+        assert _wire_size(body, headers) == await sent_size(body, headers)
+
+
+class _Connection:
+    max_payload = 1000
+
+
+def test_a_publish_over_max_payload_with_its_headers_is_refused() -> None:
+    headers = {"x-exception-message": "m" * 100}
+    body = b"b" * (1000 - _wire_size(b"", headers))
+    _check_size(_Connection(), body, headers)  # exactly the limit
+    with pytest.raises(MaxPayloadError):
+        _check_size(_Connection(), body + b"b", headers)
+
+
+def nats_transport() -> NatsTransport:
+    transport = create_transport(Settings(broker="nats"), CollectorRegistry(), app_name="t")
+    assert isinstance(transport, NatsTransport)
+    return transport
+
+
+async def test_a_connection_closed_by_the_server_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr("brokers.nats.os._exit", exits.append)
+    transport = nats_transport()
+    transport.broker.running = True
+    await transport._on_connection_closed()
+    assert exits == [CONNECTION_LOST_EXIT]
+
+
+async def test_a_stop_we_asked_for_does_not_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[Any] = []
+    monkeypatch.setattr("brokers.nats.os._exit", exits.append)
+    transport = nats_transport()
+    await transport._on_connection_closed()  # not running: a CLI, or after broker.stop()
+    transport.broker.running = True
+    transport._draining = True  # SIGTERM: draining before the broker stops
+    await transport._on_connection_closed()
+    await asyncio.sleep(0)
+    assert exits == []
+
+
+async def test_a_dead_letter_listener_backs_off_when_it_cannot_pull() -> None:
+    """FastStream's own loop retried a closed connection's immediate error without ever yielding."""
+    transport = nats_transport()
+
+    async def listener(_: Any) -> None:
+        return None
+
+    transport.listen_dead_letters("ch", "c", listener)
+    [subscriber] = [s for s in transport.broker.subscribers if isinstance(s, _YieldingPullSubscriber)]
+    pulls: list[float] = []
+
+    class ClosedSubscription:
+        async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ARG002
+            pulls.append(time.monotonic())
+            raise ConnectionClosedError
+
+    subscriber.subscription = ClosedSubscription()  # type: ignore[assignment]
+    subscriber.running = True
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0.01)
+
+    others = asyncio.create_task(other_work())
+    loop = asyncio.create_task(subscriber._consume_pull(None))
+    await asyncio.sleep(0.8)
+    subscriber.running = False
+    loop.cancel()
+    others.cancel()
+    assert 1 <= len(pulls) <= 3  # 0.5 s, then 1 s between pulls
+    assert turns > 20  # the event loop kept serving other work
