@@ -76,7 +76,7 @@ au_credentials() {
     mv -f "$AU_CREDS.tmp" "$AU_CREDS"
   )
   chmod 600 "$AU_CREDS"
-  info "auth: generated passwords for ${AU_USERS[*]} in .local/auth/credentials.env"
+  info "auth: generated passwords for ${AU_USERS[*]} in .local/auth/credentials.env" >&2  # stderr: `url` prints only the URL
 }
 
 au_password() {
