@@ -295,7 +295,7 @@ async def test_with_flat_fields_the_spring_order_event_listener_reads_our_orders
 
 
 async def test_a_spring_record_with_a_binary_application_header_is_handled(system: System) -> None:
-    """Last in this module: the record it publishes may hold up its partition for the inventory."""
+    """A header value that is not UTF-8 (Spring sends bytes as they are) does not stop our consumer."""
     product, order_id = uid("P"), uid("binhdr")
     await system.set_stock(product, 5)
 
