@@ -434,7 +434,7 @@ au_launch() {
 }
 
 au_stop() {
-  local b=$1 pid pids=() f p t0
+  local b=$1 pid t0
   t0=$(now_ms)
   if ! pid=$(au_running_pid "$b"); then
     rm -f "$(au_pidfile "$b")" "$(au_launcher "$b")"
@@ -444,15 +444,7 @@ au_stop() {
   if [[ $b == rabbit && -f $(au_pidfile rabbit) ]]; then
     au_rabbit_ctl stop "$(au_pidfile rabbit)" >/dev/null 2>&1 || true
   fi
-  for f in "$(au_pidfile "$b")" "$(au_launcher "$b")"; do
-    p=$(cat "$f" 2>/dev/null) || continue
-    if alive "$p" && pid_has "$p" "$(au_needle "$b")"; then pids+=("$p"); fi
-  done
-  alive "$pid" && [[ " ${pids[*]} " != *" $pid "* ]] && pids+=("$pid")
-  ((${#pids[@]})) && term_and_wait 60 "${pids[@]}"
-  [[ $b == rabbit ]] && stop_our_epmd
-  rm -f "$(au_pidfile "$b")" "$(au_launcher "$b")"
-  info "$b auth: stopped in $(elapsed "$t0")"
+  stop_started "$b" "$b auth" "$pid" "$(au_needle "$b")" "$(au_pidfile "$b")" "$(au_launcher "$b")" "$t0"
 }
 
 au_status() {

@@ -784,7 +784,7 @@ launch_one() {
 }
 
 stop_one() {
-  local b=$1 pid pids=() f p t0
+  local b=$1 pid t0
   t0=$(now_ms)
   if ! pid=$(running_pid "$b"); then
     rm -f "$(bk_pidfile "$b")" "$(bk_launcher "$b")"
@@ -795,15 +795,23 @@ stop_one() {
     (rabbit_env && timeout 60 "$RABBIT_SBIN/rabbitmqctl" -q -n "$RABBIT_NODE" stop "$(bk_pidfile rabbit)") \
       >/dev/null 2>&1 9>&- || true
   fi
-  for f in "$(bk_pidfile "$b")" "$(bk_launcher "$b")"; do
+  stop_started "$b" "$b" "$pid" "$(bk_needle "$b")" "$(bk_pidfile "$b")" "$(bk_launcher "$b")" "$t0"
+}
+
+# stop_started BROKER LABEL PID NEEDLE PIDFILE LAUNCHER T0: SIGTERM (then SIGKILL) PID and the
+# processes its pid files name that are still ours (NEEDLE in their command line), then remove
+# the files. Shared by every profile (single node, --auth) so they stop the same way.
+stop_started() {
+  local b=$1 label=$2 pid=$3 needle=$4 pidfile=$5 launcher=$6 t0=$7 pids=() f p
+  for f in "$pidfile" "$launcher"; do
     p=$(cat "$f" 2>/dev/null) || continue
-    if alive "$p" && pid_has "$p" "$(bk_needle "$b")"; then pids+=("$p"); fi
+    if alive "$p" && pid_has "$p" "$needle"; then pids+=("$p"); fi
   done
   alive "$pid" && [[ " ${pids[*]} " != *" $pid "* ]] && pids+=("$pid")
   ((${#pids[@]})) && term_and_wait 60 "${pids[@]}"
   [[ $b == rabbit ]] && stop_our_epmd
-  rm -f "$(bk_pidfile "$b")" "$(bk_launcher "$b")"
-  info "$b: stopped in $(elapsed "$t0")"
+  rm -f "$pidfile" "$launcher"
+  info "$label: stopped in $(elapsed "$t0")"
 }
 
 status_one() {
