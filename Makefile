@@ -8,13 +8,14 @@ FUZZ_ARGS ?=
 run:            ## run the whole system on $(BROKER) (default kafka), no Docker
 	BROKER=$(BROKER) scripts/run.sh
 
-test:           ## lint and type check, unit tests, the contract suite on real Kafka, RabbitMQ and NATS, foreign clients (Spring Kafka, RabbitMQ Java client, nats CLI), then node loss on 3-node clusters
+test:           ## lint and type check, unit tests, the transport conformance suite on every registered transport, the contract suite on real Kafka, RabbitMQ, NATS and Redis, foreign clients (Spring Kafka, RabbitMQ Java client, nats CLI), then node loss on 3-node clusters
 	scripts/setup.sh
 	scripts/foreign-clients.sh --background
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit tests/browser -q
 	scripts/brokers.sh start all
+	.venv/bin/python -m pytest tests/transport -v $(PYTEST_ARGS)
 	.venv/bin/python -m pytest tests/contract -v $(PYTEST_ARGS)
 	.venv/bin/python -m pytest tests/foreign -v $(PYTEST_ARGS)
 	.venv/bin/python -m pytest tests/cluster -v -s $(PYTEST_ARGS)

@@ -37,11 +37,11 @@ from typing import Any
 
 import httpx
 
-from bench.common import BROKERS, DEFAULT_URLS, PORT_BASE, ROOT, jsonable, namespace, run_on_uvloop, spread
+from bench.common import PORT_BASE, jsonable, namespace, run_on_uvloop, spread
 from bench.load import have_wrk
-from bench.procs import stop_all
-from bench.raw import raw_broker
 from bench.scenarios import SCENARIOS, Ctx
+from tests.support.raw import BenchClient, known_brokers, raw_client
+from tests.support.system import ROOT, stop_all
 
 ORDER = ("raw", "consumer", "failing", "ingest", "latency")
 TARGETS = {
@@ -57,7 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--brokers", default="kafka,rabbit,nats", help="comma-separated: kafka,rabbit,nats")
+    p.add_argument(
+        "--brokers",
+        default="kafka,rabbit,nats",
+        help="comma-separated: kafka,rabbit,nats (or a broker whose raw client is registered in switchboard.test_clients)",
+    )
     p.add_argument(
         "--events", type=int, default=20000, help="backlog size N for raw, consumer and failing (default 20000)"
     )
@@ -94,9 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--load-tool wrk: wrk is not installed (apt-get install wrk)")
     args.broker_list = [b.strip() for b in args.brokers.split(",") if b.strip()]
     args.scenario_list = [s for s in ORDER if s in {x.strip() for x in args.scenarios.split(",")}]
-    unknown = set(args.broker_list) - set(BROKERS)
+    brokers = known_brokers()
+    unknown = set(args.broker_list) - set(brokers)
     if unknown or not args.broker_list:
-        p.error(f"--brokers: unknown {sorted(unknown)}; valid: {','.join(BROKERS)}")
+        p.error(f"--brokers: unknown {sorted(unknown)}; valid: {','.join(brokers)}")
     if not args.scenario_list:
         p.error(f"--scenarios: none of {','.join(ORDER)}")
     if args.events < 1 or args.repeat < 1 or args.rate <= 0 or args.duration <= 0 or not 0 <= args.fail_ratio < 1:
@@ -162,7 +167,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
 
 
 async def run_broker(broker: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    raw = raw_broker(broker, DEFAULT_URLS[broker])
+    raw = raw_client(broker)
+    if not isinstance(raw, BenchClient):
+        return {"error": f"the raw client of {broker} ({type(raw).__name__}) is no BenchClient", "runs": []}
     try:
         await asyncio.wait_for(raw.connect(), 20)
     except Exception as exc:  # noqa: BLE001 - an unreachable broker is reported, the others still run

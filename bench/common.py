@@ -1,36 +1,30 @@
-"""Small helpers shared by the benchmark modules: event bodies, statistics, RSS, metrics."""
+"""Small helpers shared by the benchmark modules: event bodies, statistics, service settings.
+
+Service processes and raw broker clients are the tests' (`tests.support.system`, `tests.support.raw`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
 import statistics
-import subprocess
-import sys
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.support.system import PortBlocks
+
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[1]
-FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 ADMIN_TOKEN = "bench-admin-token"
 PRODUCTS = tuple(f"BENCH-P{i}" for i in range(8))
 FAIL_PRODUCT = "FAIL"
 STOCK_PER_PRODUCT = 1_000_000
 
-DEFAULT_URLS = {
-    "kafka": "localhost:9092",
-    "rabbit": "amqp://guest:guest@localhost:5672/",
-    "nats": "nats://127.0.0.1:4222",
-}
-BROKERS = tuple(DEFAULT_URLS)
-PORT_BASE = {"kafka": 28300, "rabbit": 28330, "nats": 28360}
-"""HTTP ports of the services a benchmark starts: 28300-28399 (see docs/benchmarks.md)."""
+PORT_BASE = PortBlocks(
+    {"kafka": 28300, "rabbit": 28330, "nats": 28360, "redis": 28390}, size=30, spare=range(28420, 29020)
+)
+"""HTTP ports of the services a benchmark starts: 30 per broker from 28300 (kafka, rabbit, nats,
+redis: 28300-28419), any other broker a block of 28420-29019 (see docs/benchmarks.md)."""
 
 
 def namespace(broker: str, scenario: str) -> str:
@@ -91,71 +85,6 @@ def spread(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-def spawn_service(name: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`faststream run services.<name>:app` on `port` with exactly `env` (plus HTTP_PORT), its
-    output appended to `log_path`; refuses a taken port (a leftover process would answer)."""
-    if not port_free(port):
-        raise RuntimeError(f"port {port} for {name} is taken: a leftover service process?")
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [FASTSTREAM, "run", f"services.{name}:app"],
-            cwd=ROOT,
-            env={**env, "HTTP_PORT": str(port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of `pid` and its descendants (VmRSS from /proc), None if gone."""
-    tree = _children()
-    total, seen, todo = 0, False, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        if m := re.search(r"^VmRSS:\s+(\d+) kB", status, re.M):
-            total += int(m.group(1)) * 1024
-            seen = True
-        todo.extend(tree.get(current, ()))
-    return total if seen else None
-
-
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """Sum of the samples of `name` whose labels include `labels`; None if there is none."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        label_part, _, value = line[len(name) + 1 :].rpartition("} ")
-        pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_part))
-        if all(pairs.get(k) == v for k, v in labels.items()):
-            total += float(value)
-            found = True
-    return total if found else None
-
-
 def mib(value: int | None) -> float | None:
     return round(value / 2**20, 1) if value is not None else None
 
@@ -178,3 +107,20 @@ def run_on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
     import uvloop
 
     return uvloop.run(coro)
+
+
+def service_env(broker: str, ns: str, data_dir: Path, log_level: str, **extra: Any) -> dict[str, str]:
+    """A benchmarked service's settings (its processes inherit none from the shell: `SETTINGS_ENV`)."""
+    env = {
+        "BROKER": broker,
+        "CHANNEL_NAMESPACE": ns,
+        "DATA_DIR": str(data_dir),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOG_LEVEL": log_level,
+        "RETRY_MAX_ATTEMPTS": "3",
+        "RETRY_DELAY_MS": "2000",
+        "RETRY_BACKOFF_MULTIPLIER": "1.0",
+        "FAIL_PRODUCT_IDS": "FAIL",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import PRODUCTS, mib, order_backlog, percentile, rate
+from bench.common import ADMIN_TOKEN, PRODUCTS, STOCK_PER_PRODUCT, mib, order_backlog, percentile, rate, service_env
 from bench.load import order_body, run_python_load, run_wrk
-from bench.procs import ServiceProc, service_env
-from bench.raw import RAW_CHANNEL, RAW_OUT_CHANNEL, RawBroker
+from tests.support.raw import RAW_CHANNEL, RAW_OUT_CHANNEL, BenchClient
+from tests.support.system import ServiceProcess
 
 RESERVED = "InventoryReserved"
 REJECTED = "InventoryRejected"
@@ -31,7 +31,7 @@ WARMUP_ORDERS = 20
 @dataclass
 class Ctx:
     broker: str
-    raw: RawBroker
+    raw: BenchClient
     http: httpx.AsyncClient
     workdir: Path
     events: int
@@ -45,18 +45,24 @@ class Ctx:
     timeout: float
     load_tool: str
     ports: Iterator[int]
-    procs: list[ServiceProc] = field(default_factory=list)
+    procs: list[ServiceProcess] = field(default_factory=list)
 
-    def service(self, name: str, ns: str, **env: Any) -> ServiceProc:
+    def service(self, name: str, ns: str, **env: Any) -> ServiceProcess:
         data = self.workdir / ns / "data"
         data.mkdir(parents=True, exist_ok=True)
-        proc = ServiceProc(
-            name, next(self.ports), service_env(self.broker, ns, data, self.log_level, **env), self.workdir / ns
+        port = next(self.ports)
+        proc = ServiceProcess(
+            name,
+            port,
+            service_env(self.broker, ns, data, self.log_level, **env),
+            self.workdir / ns,
+            log_name=f"{name}-{port}.log",
+            inherit_settings=False,
         )
         self.procs.append(proc)
         return proc
 
-    async def started(self, *procs: ServiceProc) -> float | None:
+    async def started(self, *procs: ServiceProcess) -> float | None:
         """Wait until every proc logged FastStream's start line (only logged at INFO or below)."""
         if self.log_level.upper() not in ("DEBUG", "INFO"):
             return None
@@ -67,7 +73,7 @@ Scenario = Callable[[Ctx, str, dict[str, Any]], Awaitable[None]]
 
 
 async def _until(
-    condition: Callable[[], bool], procs: list[ServiceProc], on_tick: Callable[[], Awaitable[None]] | None = None
+    condition: Callable[[], bool], procs: list[ServiceProcess], on_tick: Callable[[], Awaitable[None]] | None = None
 ) -> float:
     """Wait (bounded by the scenario's timeout) until `condition()`; returns the monotonic time it held."""
     next_tick = time.monotonic() + METRICS_EVERY_S
@@ -133,10 +139,10 @@ async def _backlog(ctx: Ctx, ns: str, progress: dict[str, Any], fail_ratio: floa
     # first start: the service declares its channels, queue and durable consumer; stock is set
     inventory.start()
     await inventory.wait_ready(ctx.http)
-    await inventory.set_stock(ctx.http)
+    await inventory.set_stock(ctx.http, PRODUCTS, STOCK_PER_PRODUCT, ADMIN_TOKEN)
     inventory.stop()
 
-    tap = await ctx.raw.tap(out_channel)
+    tap = await ctx.raw.watch(out_channel)
     started: asyncio.Task[float | None] | None = None
     try:
         items, failing = order_backlog("o", ctx.events, fail_ratio)
@@ -217,7 +223,7 @@ async def http_ingest(ctx: Ctx, ns: str, progress: dict[str, Any]) -> None:
     order.start()
     await order.wait_ready(ctx.http)
     await ctx.started(order)
-    tap = await ctx.raw.tap(f"{ns}.order-events")
+    tap = await ctx.raw.watch(f"{ns}.order-events")
     try:
         prefix = f"{ns}-in"
         progress.update(connections=ctx.ingest_connections, load_s=ctx.ingest_duration)
@@ -279,8 +285,8 @@ async def latency(ctx: Ctx, ns: str, progress: dict[str, Any]) -> None:
     await inventory.wait_ready(ctx.http)
     await order.wait_ready(ctx.http)
     await ctx.started(inventory, order)
-    await inventory.set_stock(ctx.http)
-    tap = await ctx.raw.tap(f"{ns}.inventory-events")
+    await inventory.set_stock(ctx.http, PRODUCTS, STOCK_PER_PRODUCT, ADMIN_TOKEN)
+    tap = await ctx.raw.watch(f"{ns}.inventory-events")
     procs = [inventory, order]
     try:
         warm = f"{ns}-warm"

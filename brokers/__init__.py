@@ -1,17 +1,32 @@
-"""Transports: the one place where the broker is chosen.
+"""Transports: the one place that knows a broker.
 
-`create_transport(settings, …)` is the only code that looks at `settings.broker`;
-everything else talks to the `Transport` interface in `brokers.base`.
+`create_transport(settings, …)` builds the transport registered under `settings.broker`
+(entry-point group `switchboard.transports`, `brokers.registry`); everything else talks to
+`Transport` and the names exported here. Writing a transport: `brokers.interface`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from brokers.base import Observability, RetryPolicy, Subscription, Transport
-from brokers.credentials import with_credentials
+from brokers.credentials import redacted, with_credentials
+from brokers.fitting import H_BODY_REF, H_BODY_SIZE
+from brokers.interface import TransportContext
 from brokers.metrics import DeliveryMetrics
+from brokers.model import (
+    EVENT_ID_HEADER,
+    EVENT_TYPE_HEADER,
+    LINGER_BELOW,
+    DeadLetter,
+    NonRetryableError,
+    Observability,
+    Outgoing,
+    RetryPolicy,
+    Subscription,
+)
 from brokers.provisioning import Provisioning
+from brokers.registry import load as load_transport
+from brokers.transport import Transport
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -20,13 +35,24 @@ if TYPE_CHECKING:
     from config import Settings
 
 __all__ = [
+    "EVENT_ID_HEADER",
+    "EVENT_TYPE_HEADER",
+    "H_BODY_REF",
+    "H_BODY_SIZE",
+    "LINGER_BELOW",
+    "DeadLetter",
+    "NonRetryableError",
+    "Observability",
+    "Outgoing",
     "Provisioning",
     "RetryPolicy",
     "Subscription",
     "Transport",
+    "TransportContext",
     "broker_url",
     "create_transport",
     "provisioning",
+    "redacted",
     "retry_policy",
 ]
 
@@ -51,29 +77,19 @@ def provisioning(settings: Settings) -> Provisioning:
 
 def create_transport(
     settings: Settings, registry: CollectorRegistry, app_name: str, tracer_provider: TracerProvider | None = None
-) -> Transport[Any]:
-    """Build the transport named by `settings.broker` (validated: kafka | rabbit | nats)."""
-    transport_cls: type[Transport[Any]]
-    if settings.broker == "kafka":
-        from brokers.kafka import KafkaTransport as transport_cls
-    elif settings.broker == "rabbit":
-        from brokers.rabbit import RabbitTransport as transport_cls
-    elif settings.broker == "nats":
-        from brokers.nats import NatsTransport as transport_cls
-    else:  # Settings validates BROKER; this guards direct construction
-        raise ValueError(f"BROKER={settings.broker!r} is not supported; valid values are: kafka, rabbit, nats")
-    metrics = DeliveryMetrics(registry, transport_cls.label)
-    observability = Observability(registry, app_name, tracer_provider)
-    extra: dict[str, Any] = {"sasl_mechanism": settings.kafka_sasl_mechanism} if settings.broker == "kafka" else {}
-    return transport_cls(
-        broker_url(settings),
-        retry_policy(settings),
-        metrics,
-        observability,
-        settings.channel_namespace,
+) -> Transport:
+    """Build the transport registered as `settings.broker` (validated by `Settings`)."""
+    plugin = load_transport(settings.broker)
+    context = TransportContext(
+        url=broker_url(settings),
+        policy=retry_policy(settings),
+        metrics=DeliveryMetrics(registry, plugin.label),
+        observability=Observability(registry, app_name, tracer_provider),
+        namespace=settings.channel_namespace,
         provisioning=provisioning(settings),
-        **extra,
+        options={"kafka_sasl_mechanism": settings.kafka_sasl_mechanism},
     )
+    return Transport(plugin, context)
 
 
 def broker_url(settings: Settings) -> str:

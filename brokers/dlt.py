@@ -33,7 +33,7 @@ from config import Settings
 
 async def run(command: str, channel: str, limit: int, settings: Settings) -> int:
     transport = create_transport(settings, CollectorRegistry(), app_name="dlt-cli")
-    await transport.broker.connect()
+    await transport.connect()
     try:
         resolved = settings.channel(channel)
         if command == "list":
@@ -41,8 +41,7 @@ async def run(command: str, channel: str, limit: int, settings: Settings) -> int
         else:
             letters = await transport.replay_dead_letters(resolved, limit)
     finally:
-        await transport.stop_extras()
-        await transport.broker.stop()
+        await transport.close()
     for letter in letters:
         print(json.dumps({"action": command, **letter.as_dict()}))
     verb = "listed" if command == "list" else "replayed"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from brokers.base import ATTEMPTS_HEADER, H_EXCEPTION_MESSAGE, H_EXCEPTION_TYPE
+from brokers.model import ATTEMPTS_HEADER, H_EXCEPTION_MESSAGE, H_EXCEPTION_TYPE
 
 H_TRIMMED = "x-envelope-trimmed"
 H_BODY_REF = "x-body-ref"

@@ -23,7 +23,7 @@ SOURCE_SWITCHBOARD = "switchboard"
 SOURCE_SPRING_KAFKA = "spring-kafka"
 SOURCE_RABBITMQ = "rabbitmq"
 
-# ours (brokers.base, brokers.kafka)
+# ours (brokers.model, brokers.kafka)
 OURS_EXACT = frozenset(
     {
         "x-original-destination",

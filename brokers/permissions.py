@@ -167,6 +167,8 @@ async def apply_kafka_acls(admin: Any, acls: Sequence[KafkaAcl], *, revoke: bool
     from aiokafka.errors import IncompatibleBrokerVersion
     from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
+    from brokers.kafka.internals import send_request
+
     entries = [_acl_fields(acl) for acl in acls]
     if not entries:
         return []
@@ -182,7 +184,7 @@ async def apply_kafka_acls(admin: Any, acls: Sequence[KafkaAcl], *, revoke: bool
                 raise IncompatibleBrokerVersion("ACLs with resource patterns need CreateAcls/DeleteAcls v1")
             return struct(entries)
 
-    response = await admin._send_request(_Batch())
+    response = await send_request(admin, _Batch())
     results = response.filter_responses if revoke else response.creation_responses
     errors = []
     for acl, result in zip(acls, results, strict=True):

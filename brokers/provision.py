@@ -59,15 +59,14 @@ async def run(settings: Settings, *, dry_run: bool, listeners: list[str]) -> int
     register(transport, settings, listeners)
     where = f"{settings.broker} at {_without_password(broker_url(settings))}"
     try:
-        await asyncio.wait_for(transport.broker.connect(), CONNECT_TIMEOUT_S)
+        await asyncio.wait_for(transport.connect(), CONNECT_TIMEOUT_S)
         outcomes = await transport.provision(dry_run=dry_run)
     except Exception as exc:  # noqa: BLE001 - any failure to talk to the broker is reported the same way
         print(f"error: cannot provision on {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     finally:
         try:
-            await transport.stop_extras()
-            await transport.broker.stop()
+            await transport.close()
         except Exception as exc:  # noqa: BLE001 - closing is best effort
             print(f"warning: closing the connection failed: {exc}", file=sys.stderr)
     for outcome in outcomes:

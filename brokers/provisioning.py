@@ -4,8 +4,8 @@ Each transport's `provision()` creates what is missing with the wanted settings 
 compares what exists with them; a difference is reported (MISMATCH: a warning in the
 service log, a line of `python -m brokers.provision`) and never altered. It runs in
 `start_extras()` (before the subscribers and the outbox relay start) unless PROVISION is
-off, and for operators in `python -m brokers.provision`. Per broker: `brokers.kafka_provision`
-(topics), `brokers.nats_provision` (streams), `brokers.rabbit_provision` (queues, exchanges).
+off, and for operators in `python -m brokers.provision`. Per broker: `brokers.kafka.provision`
+(topics), `brokers.nats.provision` (streams), `brokers.rabbit.provision` (queues, exchanges).
 
 No broker client is imported here: the settings, the arithmetic and the report lines only.
 """

@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import re
 from functools import cached_property, lru_cache
-from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BrokerName = Literal["kafka", "rabbit", "nats"]
-VALID_BROKERS: tuple[str, ...] = ("kafka", "rabbit", "nats")
-
-DEFAULT_BROKER_URLS: dict[str, str] = {
-    "kafka": "localhost:9092",
-    "rabbit": "amqp://guest:guest@localhost:5672/",
-    "nats": "nats://localhost:4222",
-}
+from brokers import registry
 
 DEFAULT_HTTP_PORTS: dict[str, int] = {
     "order": 8080,
@@ -122,11 +114,8 @@ class Settings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _known_broker(cls, value: str) -> str:
-        name = value.strip().lower()
-        if name not in VALID_BROKERS:
-            valid = ", ".join(VALID_BROKERS)
-            raise ValueError(f"BROKER={value!r} is not supported; valid values are: {valid}")
-        return name
+        """Any transport registered under the entry-point group `switchboard.transports`."""
+        return registry.check_name(value.strip().lower())
 
     @field_validator("consumer_names")
     @classmethod
@@ -144,7 +133,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or DEFAULT_BROKER_URLS[self.broker]
+        """BROKER_URL, else the transport's default (`TransportPlugin.default_url`)."""
+        return self.broker_url or registry.load(self.broker).default_url
 
     def port_for(self, service: str) -> int:
         return self.http_port or DEFAULT_HTTP_PORTS[service]

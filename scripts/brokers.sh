@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install, start, stop and check Switchboard's local message brokers without Docker:
 #   Kafka (KRaft, single combined node, jars from Maven Central), RabbitMQ and
-#   NATS JetStream (Debian packages, run as our own processes, not as services).
+#   NATS JetStream (Debian packages, run as our own processes, not as services), and Redis
+#   (Debian redis-server, our own process; the transport is the plugin in plugins/redis/).
 # Everything (jars, data, logs, pid files) lives under <repo>/.local/<broker>/.
 # `--nodes 3` runs a local 3-node cluster instead (scripts/brokers-cluster.sh),
 # under <repo>/.local/<broker>-cluster/node<i>/, next to the single nodes.
@@ -29,20 +30,25 @@ RABBIT_NODE="switchboard@localhost"
 PROG="scripts/brokers.sh"
 
 BROKERS=(kafka rabbit nats)
+# Single-node brokers only: Redis has no --nodes 3 or --auth profile. `all` of the single-node
+# profile includes them (`make test` starts `all`, the contract suite runs on redis too).
+SINGLE_ONLY=(redis)
 
 usage() {
   cat <<EOF
 Usage: $PROG COMMAND [TARGET...] [--nodes 1|3 | --auth [--user USER] [--namespace NS]]
 
-  install [kafka|rabbit|nats|prometheus|all]  install jars/packages only
-  start   [kafka|rabbit|nats|all]   install if missing, start if not running, wait until ready
-  stop    [kafka|rabbit|nats|all]   stop (data is kept; a restart is quick)
-  status  [kafka|rabbit|nats|all]   exit 0 only if every named broker is ready
-  wait    [kafka|rabbit|nats|all]   wait up to ${WAIT_TIMEOUT}s until a real client connects
-  url     [kafka|rabbit|nats|all]   print the BROKER_URL to use, one line per target
+  install [kafka|rabbit|nats|redis|prometheus|all]  install jars/packages only
+  start   [kafka|rabbit|nats|redis|all]   install if missing, start if not running, wait until ready
+  stop    [kafka|rabbit|nats|redis|all]   stop (data is kept; a restart is quick)
+  status  [kafka|rabbit|nats|redis|all]   exit 0 only if every named broker is ready
+  wait    [kafka|rabbit|nats|redis|all]   wait up to ${WAIT_TIMEOUT}s until a real client connects
+  url     [kafka|rabbit|nats|redis|all]   print the BROKER_URL to use, one line per target
 
-TARGET defaults to all = kafka rabbit nats (prometheus is only ever installed).
-Endpoints: kafka localhost:9092 | amqp://guest:guest@localhost:5672/ | nats://127.0.0.1:4222
+TARGET defaults to all = kafka rabbit nats redis (with --nodes 3 or --auth: kafka rabbit nats;
+redis has neither profile). prometheus is only ever installed.
+Endpoints: kafka localhost:9092 | amqp://guest:guest@localhost:5672/ | nats://127.0.0.1:4222 |
+redis://localhost:6379 (AOF appendfsync always: an XADD answered is on disk)
 State: .local/<broker>/  Env: PYTHON (probe interpreter, default .venv/bin/python),
 BROKERS_WAIT_TIMEOUT (seconds), BROKERS_KAFKA_VERSION (default ${KAFKA_VERSION%%-*}).
 
@@ -83,6 +89,7 @@ bk_ports() {
     kafka) echo "9092 9093" ;;
     rabbit) echo "5672 25672" ;;
     nats) echo "4222 8222" ;;
+    redis) echo "6379" ;;
   esac
 }
 bk_pidfile() { echo "$LOCAL/$1/$1.pid"; }        # written by the server (rabbit) or by us
@@ -93,6 +100,7 @@ bk_needle() {
     kafka) echo "$LOCAL/kafka/server.properties" ;;
     rabbit) echo "$LOCAL/rabbit/mnesia" ;;
     nats) echo "$LOCAL/nats/data" ;;
+    redis) echo "$LOCAL/redis/redis.conf" ;;
   esac
 }
 bk_logs() { # main log first
@@ -100,6 +108,7 @@ bk_logs() { # main log first
     kafka) echo "$LOCAL/kafka/logs/server.log $LOCAL/kafka/logs/kafka.out" ;;
     rabbit) echo "$LOCAL/rabbit/log/rabbit.log $LOCAL/rabbit/log/startup.log" ;;
     nats) echo "$LOCAL/nats/nats.log $LOCAL/nats/nats.out" ;;
+    redis) echo "$LOCAL/redis/redis.log $LOCAL/redis/redis.out" ;;
   esac
 }
 bk_endpoint() {
@@ -107,6 +116,7 @@ bk_endpoint() {
     kafka) echo "localhost:9092 (Kafka $KAFKA_VERSION, KRaft)" ;;
     rabbit) echo "amqp://guest:guest@localhost:5672/ (node $RABBIT_NODE)" ;;
     nats) echo "nats://127.0.0.1:4222 (JetStream, monitor :8222)" ;;
+    redis) echo "redis://localhost:6379 (AOF, appendfsync always)" ;;
   esac
 }
 
@@ -636,6 +646,62 @@ launch_nats() {
   echo "$pid" >"$(bk_launcher nats)"
 }
 
+# --------------------------------------------------------------------------- redis
+RSDIR="$LOCAL/redis"
+redis_bin() {
+  if command -v redis-server >/dev/null 2>&1; then command -v redis-server
+  elif [[ -x /usr/bin/redis-server ]]; then echo /usr/bin/redis-server
+  else return 1
+  fi
+}
+
+# The package postinst may start the system service on 6379: stop it (we run our own instance).
+is_system_redis() { # PID
+  local user
+  user=$(ps -o user= -p "$1" 2>/dev/null | tr -d ' ') || user=""
+  [[ $user == redis ]] || pid_has "$1" "/etc/redis/"
+}
+
+install_redis() {
+  local pid
+  if ! redis_bin >/dev/null; then apt_install redis-server; fi
+  redis_bin >/dev/null || die "redis-server installed but not found in PATH or /usr/bin"
+  for pid in $(port_pids 6379); do
+    if [[ $pid != "?" ]] && is_system_redis "$pid"; then
+      stop_system_service redis-server
+      break
+    fi
+  done
+  redis_write_config
+}
+
+redis_write_config() {
+  mkdir -p "$RSDIR/data"
+  write_if_changed "$RSDIR/redis.conf" <<EOF
+# GENERATED by scripts/brokers.sh
+bind 127.0.0.1
+port 6379
+protected-mode yes
+daemonize no
+# keep the command line (it names this file): how this script recognises its own instance
+set-proc-title no
+pidfile $RSDIR/redis.pid
+logfile $RSDIR/redis.log
+dir $RSDIR/data
+appendonly yes
+appendfsync always
+save ""
+EOF
+}
+
+launch_redis() {
+  local pid
+  redis_write_config
+  pid=$(launch "$RSDIR" "$RSDIR/redis.out" "$(redis_bin)" "$RSDIR/redis.conf")
+  echo "$pid" >"$(bk_pidfile redis)"
+  echo "$pid" >"$(bk_launcher redis)"
+}
+
 # --------------------------------------------------------------------------- prometheus
 install_prometheus() {
   local pid
@@ -661,6 +727,8 @@ try:
         from aiokafka.client import AIOKafkaClient
     elif b == "rabbit":
         import aio_pika
+    elif b == "redis":
+        import redis.asyncio as redis_
     else:
         import nats
 except ImportError:
@@ -693,8 +761,16 @@ async def nats_():
     finally:
         await nc.close()
 
+async def redis():
+    c = redis_.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3, decode_responses=True)
+    try:
+        if (await c.config_get("appendfsync")).get("appendfsync") != "always":
+            raise RuntimeError("the redis on :6379 does not run with appendfsync always (not ours?)")
+    finally:
+        await c.aclose()
+
 try:
-    asyncio.run(asyncio.wait_for({"kafka": kafka, "rabbit": rabbit, "nats": nats_}[b](), 12))
+    asyncio.run(asyncio.wait_for({"kafka": kafka, "rabbit": rabbit, "nats": nats_, "redis": redis}[b](), 12))
 except BaseException as e:
     print(f"{type(e).__name__}: {e}".strip().rstrip(":"))
     sys.exit(1)
@@ -753,6 +829,7 @@ install_one() {
     kafka) install_kafka ;;
     rabbit) install_rabbit ;;
     nats) install_nats ;;
+    redis) install_redis ;;
     prometheus) install_prometheus ;;
   esac
 }
@@ -762,6 +839,7 @@ is_installed() {
     kafka) kafka_installed ;;
     rabbit) rabbit_installed ;;
     nats) nats_bin >/dev/null ;;
+    redis) redis_bin >/dev/null ;;
   esac
 }
 
@@ -779,6 +857,7 @@ launch_one() {
     kafka) launch_kafka ;;
     rabbit) launch_rabbit ;;
     nats) launch_nats ;;
+    redis) launch_redis ;;
   esac
   info "$b: started (pid $(cat "$(bk_launcher "$b")"))"
 }
@@ -845,6 +924,7 @@ bk_url() {
     kafka) echo "localhost:9092" ;;
     rabbit) echo "amqp://guest:guest@localhost:5672/" ;;
     nats) echo "nats://127.0.0.1:4222" ;;
+    redis) echo "redis://localhost:6379" ;;
   esac
 }
 
@@ -875,15 +955,23 @@ main() {
   [[ $# -eq 0 ]] && set -- all
   for t in "$@"; do
     case $t in
-      all) targets+=("${BROKERS[@]}") ;;
+      all)
+        targets+=("${BROKERS[@]}")
+        [[ $nodes == 1 && -z $auth ]] && targets+=("${SINGLE_ONLY[@]}")
+        ;;
       kafka | rabbit | nats) targets+=("$t") ;;
+      redis)
+        [[ $nodes == 3 ]] && die "redis has no --nodes 3 profile (a single node only)"
+        [[ -n $auth ]] && die "redis has no secured (--auth) profile"
+        targets+=("$t")
+        ;;
       rabbitmq) targets+=(rabbit) ;;
       prometheus)
         [[ $cmd == install ]] || die "prometheus can only be installed (it is never started by $PROG)"
         targets+=(prometheus)
         ;;
       *)
-        local expected="kafka, rabbit, nats, all"
+        local expected="kafka, rabbit, nats, redis, all"
         [[ $cmd == install ]] && expected+=", prometheus"
         die "unknown target \"$t\" (expected $expected)"
         ;;

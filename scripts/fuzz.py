@@ -32,8 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import port_free  # noqa: E402
-from tests.support.system import SERVICES, System  # noqa: E402
+from tests.support.system import SERVICES, System, port_free  # noqa: E402
 
 SCHEMATHESIS_VERSION = "4.32.5"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Run the whole system on one broker, no Docker: installs what is missing, starts
-# the broker (BROKER=kafka|rabbit|nats, default kafka) and the four services, and
-# stops the services on Ctrl-C (the broker keeps running: scripts/brokers.sh stop).
+# the broker (BROKER=kafka|rabbit|nats|redis: any registered transport, default kafka) and the
+# four services, and stops the services on Ctrl-C (the broker keeps running: scripts/brokers.sh stop).
 # AUTH=1: on the secured broker profile (scripts/brokers.sh start <broker> --auth), each
 # service connecting as its own broker user.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export BROKER="${BROKER:-kafka}"
-case "$BROKER" in
-  kafka|rabbit|nats) ;;
-  *) echo "error: BROKER=$BROKER is not supported; valid values are: kafka, rabbit, nats" >&2; exit 2 ;;
-esac
+[[ $BROKER =~ ^[a-z0-9_-]+$ ]] || { echo "error: BROKER=$BROKER is not a transport name" >&2; exit 2; }
 
 scripts/setup.sh
+# Any registered transport (entry-point group switchboard.transports: built-ins and plugins)
+.venv/bin/python -c 'import sys; from brokers import registry; registry.check_name(sys.argv[1])' "$BROKER" 2>/dev/null || {
+  valid=$(.venv/bin/python -c 'from brokers import registry; print(", ".join(registry.names()))')
+  echo "error: BROKER=$BROKER is not supported; valid values are: $valid" >&2; exit 2; }
 declare -A svc_env=()
 if [[ ${AUTH:-0} == 1 ]]; then
   scripts/brokers.sh start "$BROKER" --auth

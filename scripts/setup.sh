@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with its dev tools. Idempotent: a venv whose
-# installed requirements match pyproject.toml is left alone.
+# installed requirements match pyproject.toml (and plugins/*/pyproject.toml) is left alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,10 +17,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON_BIN" -m venv .venv || { echo "error: could not create .venv (apt-get install python3-venv?)" >&2; exit 1; }
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Transport plugins (plugins/<name>/, e.g. the Redis Streams transport) are installed beside the
+# project, editable; the stamp covers their pyproject.toml too, so a change re-installs them.
+plugins=()
+for manifest in plugins/*/pyproject.toml; do
+  [ -f "$manifest" ] && plugins+=(-e "$(dirname "$manifest")")
+done
+stamp=".venv/.installed-$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev]" ${plugins[@]+"${plugins[@]}"}
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -12,7 +12,7 @@ Contract:
   so with the local copy present rendering a page makes no request that leaves the host.
 * `/docs/assets/<name>` answers 404 for names outside `ASSETS` or files not installed.
 
-The choice between local copy and CDN is made when the service is built (import time).
+The choice between local copy and CDN is made when the service is built (`create_service`).
 """
 
 from __future__ import annotations

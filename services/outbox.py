@@ -2,7 +2,7 @@
 
 Contract: `Outbox.add(tx, channel, event)` stores the event inside the caller's
 transaction, so the state change and its event commit or vanish together. The
-relay publishes a batch of stored events at a time with `Transport.publish_batch`
+relay publishes a batch of stored events at a time with `BatchPublisher.publish_batch`
 (sends started in insertion order, so one key's events keep their order on Kafka),
 marks each sent after the broker confirmed it, and keeps retrying while the broker
 is down (so an HTTP request can be accepted during a broker outage). Each event carries the trace context of
@@ -35,19 +35,18 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Gauge
 
-from brokers.base import EVENT_ID_HEADER, EVENT_TYPE_HEADER, LINGER_BELOW, Outgoing
+from brokers import EVENT_ID_HEADER, EVENT_TYPE_HEADER, LINGER_BELOW, Outgoing
 from services.tasks import cancel_and_wait
 from services.tracing import trace_headers
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from brokers.base import Transport
     from services.events import Event
     from services.store import Database, Tx
 
@@ -69,6 +68,15 @@ follow each other without it (a pause there would leave the consumers waiting fo
 BROKER_DOWN_BACKOFF_S = 1.0
 
 
+class BatchPublisher(Protocol):
+    """All the outbox needs of a transport (a `brokers.Transport` is one)."""
+
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Publish `messages`, sends started in order; one outcome per message: None once the
+        broker confirmed it, else the error."""
+        ...
+
+
 def advisory_lock_key(table: str) -> int:
     """The PostgreSQL advisory lock (a signed 64-bit key) of the relay of `table`: the same in every process."""
     digest = hashlib.blake2b(f"switchboard.outbox:{table}".encode(), digest_size=8).digest()
@@ -82,7 +90,7 @@ class Outbox:
     def __init__(
         self,
         db: Database,
-        transport: Transport,
+        transport: BatchPublisher,
         table: str,
         resolve_channel: dict[str, str],
         *,

@@ -1,8 +1,10 @@
 """What every service process shares: transport, store, outbox, HTTP endpoints.
 
-A service module builds one `Service`, registers its handlers with `subscribe`
-and the channels it writes with `publishes`, adds its own HTTP routes to
-`service.api`, and exposes `app = service.app` for `faststream run services.<name>:app`.
+A service module's `create_service(settings)` builds a new `Service`, registers its handlers
+with `subscribe` and the channels it writes with `publishes`, and adds its own HTTP routes to
+`service.api`; its `create_app(settings)` is that service's `app`. The module's `service` and
+`app` (for `faststream run services.<name>:app`) are built at first use, from `get_settings()`
+(`default_attribute`): importing a service module builds nothing.
 
 HTTP contract of every service: `/health` (200 while the process runs), `/ready`
 (200 when broker and store answer, the consumed channels can be read and the outbox publishes,
@@ -42,9 +44,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from brokers import Subscription, create_transport
-from brokers.base import DeadLetter
-from brokers.credentials import redacted
+from brokers import DeadLetter, Subscription, create_transport, redacted
 from config import Settings, get_settings
 from services.docs import add_docs_routes, asyncapi_route
 from services.events import CHANNEL_EVENTS, CONSUMERS
@@ -315,6 +315,28 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def table_name(service: str, name: str) -> str:
+    """The store table `name` of `service` (`order_orders`): the same whatever the settings."""
+    return f"{service}_{name}"
+
+
+_defaults: dict[str, Service] = {}
+
+
+def default_attribute(module: str, name: str, create_service: Callable[[], Service]) -> Any:
+    """The module `__getattr__` (PEP 562) of a service module: its `service`, built by
+    `create_service()` at the first access and kept, and that service's `app`."""
+    if name not in ("service", "app"):
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    if module not in _defaults:
+        try:
+            _defaults[module] = create_service()
+        except AttributeError as exc:  # getattr's caller (`faststream run`) would report a missing `app`
+            raise RuntimeError(f"building {module}.{name} failed: {exc!r}") from exc
+    service = _defaults[module]
+    return service if name == "service" else service.app
+
+
 class Service:
     """One service process (see module docstring)."""
 
@@ -349,7 +371,7 @@ class Service:
         self._add_common_routes()
         self._honest_openapi()
         self.app = ServiceApp(
-            self.transport.broker,
+            *([] if self.transport.broker is None else [self.transport.broker]),  # None: it runs its own readers
             http=BodyLimit(TraceContext(self.api, self.tracer_provider), MAX_BODY_BYTES),
             # no uvicorn access log: each service logs what it did with a request, with its trace id
             # (a string: FastStream parses run options as CLI text); SERVER_OPTIONS: the request head
@@ -370,7 +392,7 @@ class Service:
 
     # --- wiring --------------------------------------------------------------------
     def table(self, name: str) -> str:
-        return f"{self.name}_{name}"
+        return table_name(self.name, name)
 
     def channel(self, contract_name: str) -> str:
         return self.settings.channel(contract_name)
@@ -380,7 +402,7 @@ class Service:
 
     def subscribe(self, channel: str, handler: Callable[[Any], Awaitable[None]], model: Any, description: str) -> None:
         """`handler` runs once per message, in batches sharing one store transaction (each
-        `db.transaction` inside it is a savepoint): see `brokers.base` and `services.store`."""
+        `db.transaction` inside it is a savepoint): see `brokers.Subscription` and `services.store`."""
         self.transport.subscribe(
             Subscription(
                 self.channel(channel), self.consumer, handler, model, description, batch_scope=self._consumer_batch
@@ -426,7 +448,7 @@ class Service:
     async def _on_startup(self) -> None:
         self._warn_if_admin_disabled()
         await self.db.connect(self.schema)
-        await self.transport.broker.connect()
+        await self.transport.connect()
         await self.transport.start_extras()
         self.outbox.start()  # publishing needs only the connection, not the subscribers
 

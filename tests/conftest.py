@@ -1,6 +1,6 @@
 """Fixtures: real brokers (started by scripts/brokers.sh) and the system on each.
 
-`system` is parametrized over kafka, rabbit and nats at session scope, so pytest
+`system` is parametrized over kafka, rabbit, nats and redis at session scope, so pytest
 runs the whole contract suite once per broker against one set of four service
 processes per broker. Tests isolate themselves by unique order and product ids;
 the system's channels carry a per-run namespace.
@@ -17,7 +17,7 @@ import pytest
 from tests.support.raw import RawClient, raw_client
 from tests.support.system import ROOT, System, brokers_script, free_port
 
-BROKERS = [b for b in os.environ.get("TEST_BROKERS", "kafka,rabbit,nats").split(",") if b]
+BROKERS = [b for b in os.environ.get("TEST_BROKERS", "kafka,rabbit,nats,redis").split(",") if b]
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bench.common import spawn_service
-from tests.support.system import free_port, terminate
+from tests.support.system import free_port, spawn_service, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")

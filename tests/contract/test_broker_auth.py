@@ -78,6 +78,8 @@ class Secured:
 
 @pytest.fixture(scope="module")
 async def secured(broker: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
+    if broker not in PLAIN_URL:
+        pytest.skip(f"{broker}: no secured profile")
     running = script("status", broker, "--auth", check=False).returncode == 0
     workdir = tmp_path_factory.mktemp(f"auth-{broker}")
     urls = {u: script("url", broker, "--auth", "--user", u).stdout.strip() for u in ("admin", *SERVICES)}

@@ -86,6 +86,8 @@ async def test_inventory_consumes_under_its_configured_name(named: System) -> No
     order_id = (await named.post_order({"productId": product, "quantity": 1})).json()["orderId"]
     await named.wait_status(order_id, {"CONFIRMED"})
 
+    if named.broker not in CONSUMED:
+        pytest.skip(f"{named.broker}: no reader of a consumer name's progress here")
     channel, consumed = named.channel("order-events"), CONSUMED[named.broker]
     name = f"{named.namespace}-inventory-group"
     await eventually(lambda: consumed(named, channel, name), lambda n: n > 0, what=f"{name} consuming {channel}")

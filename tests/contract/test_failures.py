@@ -85,7 +85,7 @@ async def test_failing_order_is_retried_with_backoff_then_dead_lettered(system: 
 
 async def test_retry_and_dead_letter_metrics_grow_by_the_right_amounts(system: System, raw: RawClient) -> None:
     labels = {
-        "broker": {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker],
+        "broker": {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats", "redis": "redis"}[system.broker],
         "destination": system.channel("order-events"),
         "consumer": "inventory-service",
     }

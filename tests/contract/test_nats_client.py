@@ -1,6 +1,6 @@
 """NATS only: what our own code does with JetStream's answers.
 
-`publish_batch` sends with its own acked publisher (`brokers.nats._AckedPublisher`): each
+`publish_batch` sends with its own acked publisher (`brokers.nats.publisher.AckedPublisher`): each
 refusal must be that message's outcome, never a hang or another message's failure. And a
 message the server stopped redelivering without our code deciding (JetStream's
 MAX_DELIVERIES advisory) must still reach the dead-letter channel with the envelope."""
@@ -15,7 +15,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
 from brokers import create_transport
-from brokers.base import Outgoing
+from brokers.model import Outgoing
 from config import Settings
 from tests.conftest import BROKERS
 from tests.contract.test_failures import ENVELOPE, dead_letters_of

@@ -280,7 +280,7 @@ async def test_orders_posted_together_each_keep_their_own_trace(system: System) 
 
 
 async def test_domain_counters_follow_the_saga(system: System) -> None:
-    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
+    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats", "redis": "redis"}[system.broker]
     product = uid("P")
     await system.set_stock(product, 1)
     before = {name: await system.metrics(name) for name in ("order", "inventory", "payment")}
@@ -308,7 +308,7 @@ async def test_domain_counters_follow_the_saga(system: System) -> None:
 async def test_faststream_publish_metrics_count_every_outbox_event(system: System) -> None:
     """`faststream_published_messages_total` (docs/contract.md, "Metrics") counts each event the
     outboxes publish, on its channel, whichever path the transport sends it by."""
-    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}[system.broker]
+    broker = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats", "redis": "redis"}[system.broker]
     product = uid("P")
     await system.set_stock(product, 1)
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import pytest
 
-from brokers.base import EVENT_ID_HEADER, Outgoing
+from brokers.model import EVENT_ID_HEADER, Outgoing
 from services import outbox as outbox_module
 from services.events import InventoryRejected
 from services.outbox import IDLE_POLL_S, Outbox

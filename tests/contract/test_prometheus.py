@@ -45,7 +45,7 @@ SCRAPE_INTERVAL = "1s"
 QUERY_DEADLINE_S = 60.0
 TRAFFIC_TIMEOUT_S = 60.0  # a fresh Kafka system takes ~20 s for its first order (group joins)
 # The `broker` label value of each BROKER setting (docs/contract.md, "Metrics").
-BROKER_LABEL = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats"}
+BROKER_LABEL = {"kafka": "kafka", "rabbit": "rabbitmq", "nats": "nats", "redis": "redis"}
 # The root prometheus.yml scrapes each service at its contract default port.
 DEFAULT_PORT = {8080 + i: name for i, name in enumerate(SERVICES)}
 OUR_METRICS = ("retry_attempts_total", "dead_letter_topic_messages_total", "consumer_lag_messages")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
+from services import order
 from services.store import Database, Tx
 from tests.support.system import uid
 
@@ -21,16 +22,12 @@ DECLINED = "payment declined for user declined-7"
 
 @pytest.fixture
 async def replicas(postgres_server: str) -> AsyncIterator[tuple[Database, Database]]:
-    # imported here: the service reads its settings at import, and the unit tests set theirs
-    # (a data directory of their own) when pytest collects them
-    from services import order
-
     database = uid("sb_saga_")
     with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {database}")
     first, second = Database(f"{postgres_server}/{database}"), Database(f"{postgres_server}/{database}")
     try:
-        await first.connect([ddl for ddl in order.service.schema if order.ORDERS in ddl])  # not SQLite's outbox
+        await first.connect(order.SCHEMA)  # not SQLite's outbox
         await second.connect()
         yield first, second
     finally:
@@ -50,8 +47,6 @@ async def replicas(postgres_server: str) -> AsyncIterator[tuple[Database, Databa
 async def test_concurrent_moves_on_two_replicas_end_at_the_later_status(
     replicas: tuple[Database, Database], payment: tuple[str, str, str | None], final: str
 ) -> None:
-    from services import order
-
     first, second = replicas
     order_ids = [uid("saga-") for _ in range(ORDERS)]
 

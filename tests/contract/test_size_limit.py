@@ -25,8 +25,8 @@ from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from brokers import create_transport
-from brokers.base import DeadLetter, Outgoing
 from brokers.fitting import H_BODY_REF, H_BODY_SHA256, H_BODY_SIZE, H_TRIMMED
+from brokers.model import DeadLetter, Outgoing
 from config import Settings
 from tests.conftest import BROKERS
 from tests.support.raw import KafkaRaw, NatsRaw, RabbitRaw, RawClient
@@ -194,6 +194,8 @@ async def consumption_goes_on(system: System) -> None:
 async def test_messages_at_the_size_limit_are_dead_lettered_and_consumption_goes_on(
     sized: System, raw: RawClient
 ) -> None:
+    if not isinstance(raw, KafkaRaw | NatsRaw | RabbitRaw):
+        pytest.skip(f"{sized.broker}: no message size limit to reach (Redis: 512 MB per bulk string)")
     system = sized
     limit = await largest_accepted(raw)
     channel = system.channel("order-events")

@@ -1,4 +1,5 @@
-"""Runs the four services as real processes (`faststream run services.<name>:app`).
+"""Runs the services as real processes (`faststream run services.<name>:app`): the one
+service-process helper of the tests and the benchmarks (`bench` imports it; tests never import `bench`).
 
 Each `System` gets its own channel namespace and data directory, so runs and
 brokers never see each other's messages or state.
@@ -13,25 +14,74 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from bench.common import metric_value as sample_sum
-from bench.common import spawn_service
-
 ROOT = Path(__file__).resolve().parents[2]
+FASTSTREAM = str(Path(sys.executable).parent / "faststream")
 SERVICES = ("order", "inventory", "payment", "notification")
-BASE_PORT = {"kafka": 18080, "rabbit": 18180, "nats": 18280}
 ADMIN_TOKEN = "test-admin-token"
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+STARTED_LINE = b"FastStream app started successfully"
+STOP_TIMEOUT_S = 20.0
+SETTINGS_ENV = {
+    "BROKER",
+    "BROKER_URL",
+    "DATABASE_URL",
+    "DATA_DIR",
+    "RETRY_MAX_ATTEMPTS",
+    "RETRY_DELAY_MS",
+    "RETRY_BACKOFF_MULTIPLIER",
+    "ADMIN_TOKEN",
+    "HTTP_HOST",
+    "HTTP_PORT",
+    "CHANNEL_NAMESPACE",
+    "FAIL_PRODUCT_IDS",
+    "LOG_LEVEL",
+}
+"""Settings a developer's shell may hold: a `ServiceProcess(…, inherit_settings=False)` (the
+benchmarks') does not pass them on, it sets its own (defaults unless its env says)."""
 
 T = TypeVar("T")
+
+
+class PortBlocks(Mapping[str, int]):
+    """The first port of each broker's block of `size` HTTP ports. The known brokers have theirs;
+    any other name gets a block of `spare`, the same in every process (from a hash of the name), never
+    one of the known brokers' (two unknown names may share one: a taken port is refused at start)."""
+
+    def __init__(self, known: Mapping[str, int], size: int, spare: range) -> None:
+        self.known = dict(known)
+        self.size = size
+        self.spare = spare
+        if len(spare) < size:
+            raise ValueError(f"spare ports {spare} hold no block of {size}")
+
+    def __getitem__(self, broker: str) -> int:
+        if broker in self.known:
+            return self.known[broker]
+        blocks = len(self.spare) // self.size
+        return self.spare.start + self.size * (zlib.crc32(broker.encode()) % blocks)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.known)
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+
+BASE_PORT = PortBlocks(
+    {"kafka": 18080, "rabbit": 18180, "nats": 18280, "redis": 18380}, size=100, spare=range(18480, 28000)
+)
+"""HTTP ports of the tests' services: a block of 100 per broker (suites use offsets +0 … +80 in it)."""
 
 
 def uid(prefix: str = "") -> str:
@@ -81,7 +131,7 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -91,28 +141,134 @@ def brokers_script(*args: str) -> None:
     subprocess.run([str(ROOT / "scripts" / "brokers.sh"), *args], check=True, cwd=ROOT)
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def spawn_service(name: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`faststream run services.<name>:app` on `port` with exactly `env` (plus HTTP_PORT), its
+    output appended to `log_path`; refuses a taken port (a leftover process would answer)."""
+    if not port_free(port):
+        raise RuntimeError(f"port {port} for {name} is taken: a leftover service process?")
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [FASTSTREAM, "run", f"services.{name}:app"],
+            cwd=ROOT,
+            env={**env, "HTTP_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of `pid` and its descendants (VmRSS from /proc), None if gone."""
+    tree = _children()
+    total, seen, todo = 0, False, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        if m := re.search(r"^VmRSS:\s+(\d+) kB", status, re.M):
+            total += int(m.group(1)) * 1024
+            seen = True
+        todo.extend(tree.get(current, ()))
+    return total if seen else None
+
+
+def sample_sum(text: str, name: str, **labels: str) -> float | None:
+    """Sum of the samples of `name` (Prometheus text) whose labels include `labels`; None if there is none."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        label_part, _, value = line[len(name) + 1 :].rpartition("} ")
+        pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_part))
+        if all(pairs.get(k) == v for k, v in labels.items()):
+            total += float(value)
+            found = True
+    return total if found else None
+
+
+_running: set[ServiceProcess] = set()
+
+
 class ServiceProcess:
-    def __init__(self, name: str, port: int, env: dict[str, str], workdir: Path) -> None:
+    """One `faststream run services.<name>:app` process on `port`, logging to `workdir/<log_name>`
+    (default `<name>.log`). Its environment: this process's (without SETTINGS_ENV unless
+    `inherit_settings`), then `env`, then `start`'s overrides."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        env: dict[str, str],
+        workdir: Path,
+        *,
+        log_name: str | None = None,
+        inherit_settings: bool = True,
+    ) -> None:
         self.name = name
         self.port = port
         self.env = env
-        self.log_path = workdir / f"{name}.log"
+        self.log_path = workdir / (log_name or f"{name}.log")
+        self.inherit_settings = inherit_settings
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, **overrides: str) -> None:
-        self.proc = spawn_service(self.name, self.port, {**os.environ, **self.env, **overrides}, self.log_path)
+        inherited = {k: v for k, v in os.environ.items() if self.inherit_settings or k.upper() not in SETTINGS_ENV}
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = spawn_service(self.name, self.port, {**inherited, **self.env, **overrides}, self.log_path)
+        _running.add(self)
 
     def stop(self) -> None:
+        """SIGTERM, and SIGKILL after STOP_TIMEOUT_S."""
+        _running.discard(self)
         if self.proc is not None:
             terminate(self.proc)
         self.proc = None
 
     def kill(self) -> None:
         """SIGKILL: no graceful stop, nothing flushed or acknowledged on the way out."""
+        _running.discard(self)
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: …{self.log_tail()}")
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def log_lines(self, needle: str) -> list[tuple[datetime, str]]:
         """(timestamp, line) of every log line containing `needle`."""
@@ -121,6 +277,66 @@ class ServiceProcess:
             if needle in line and (m := LOG_TIME.match(line)):
                 found.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), line))
         return found
+
+    def rss(self) -> int | None:
+        return rss_bytes(self.proc.pid) if self.alive() and self.proc is not None else None
+
+    async def wait_ready(self, http: httpx.AsyncClient, timeout: float = 60.0, interval: float = 0.05) -> float:
+        """Poll GET /ready until 200; returns the monotonic time it first answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if (await http.get(self.base + "/ready", timeout=2.0)).status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(interval)
+        raise TimeoutError(f"{self.name} on :{self.port} not ready after {timeout:.0f}s: …{self.log_tail()}")
+
+    def _started(self) -> bool:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                return STARTED_LINE in log.read()
+        except OSError:
+            return False
+
+    async def wait_started(self, timeout: float = 60.0) -> float:
+        """Wait until FastStream logged that the app started (every subscriber running, after-startup
+        hooks such as the outbox relay done), which on Kafka can be well after /ready answers 200.
+        Returns the monotonic time it saw the line."""
+        deadline = time.monotonic() + timeout
+        while not self._started():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} on :{self.port} not started after {timeout:.0f}s: …{self.log_tail()}")
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+
+    async def metric(self, http: httpx.AsyncClient, name: str, **labels: str) -> float | None:
+        """`sample_sum` of `name` on the service's /metrics."""
+        response = await http.get(self.base + "/metrics", timeout=10.0)
+        response.raise_for_status()
+        return sample_sum(response.text, name, **labels)
+
+    async def set_stock(self, http: httpx.AsyncClient, products: Iterable[str], available: int, token: str) -> None:
+        """PUT /inventory/<product> (the inventory service's admin route) for each product."""
+        for product in products:
+            response = await http.put(
+                f"{self.base}/inventory/{product}",
+                json={"available": available},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10.0,
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"PUT /inventory/{product}: {response.status_code} {response.text[:200]}")
+
+
+def stop_all() -> None:
+    """Stop every service process still running (on errors, timeouts, Ctrl-C)."""
+    for proc in list(_running):
+        proc.stop()
 
 
 class System:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from brokers import base
-from brokers.base import LINGER_BELOW, _Batcher
+from brokers.engine import batching
+from brokers.engine.batching import Batcher as _Batcher
+from brokers.model import LINGER_BELOW
 
 
 def _recording_batcher() -> tuple[_Batcher, list[int]]:
@@ -27,7 +28,7 @@ async def _turns(n: int = 5) -> None:
 
 
 async def test_a_lone_message_waits_for_the_next_one_to_join_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "BATCH_LINGER_S", 0.5)
+    monkeypatch.setattr(batching, "BATCH_LINGER_S", 0.5)
     batcher, sizes = _recording_batcher()
 
     first = asyncio.create_task(batcher.submit(["m1"]))
@@ -40,7 +41,7 @@ async def test_a_lone_message_waits_for_the_next_one_to_join_its_batch(monkeypat
 
 
 async def test_a_batch_that_starts_full_enough_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "BATCH_LINGER_S", 60.0)
+    monkeypatch.setattr(batching, "BATCH_LINGER_S", 60.0)
     batcher, sizes = _recording_batcher()
 
     async with asyncio.timeout(5):

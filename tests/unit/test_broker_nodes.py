@@ -8,9 +8,9 @@ import pytest
 from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, RequestTimedOutError
 from yarl import URL
 
-from brokers.kafka import _Sender
+from brokers.kafka.clients import Sender
 from brokers.nodes import kafka_bootstrap_servers, nats_servers, rabbit_node_urls
-from brokers.rabbit_failover import NodeFailover
+from brokers.rabbit.failover import NodeFailover
 
 
 def test_kafka_node_list_is_split() -> None:
@@ -49,7 +49,7 @@ class _FakeProducer:
 
 @pytest.mark.parametrize("fatal", [OutOfOrderSequenceNumber(), KafkaError("Unexpected error during batch delivery")])
 async def test_kafka_producer_is_replaced_after_a_fatal_error(fatal: BaseException) -> None:
-    sender = _Sender(["localhost:1"])
+    sender = Sender(["localhost:1"])
     broken = sender._producer = _FakeProducer()  # type: ignore[assignment]
     await sender.replace_if_broken([None, fatal])
     assert broken.stopped
@@ -57,7 +57,7 @@ async def test_kafka_producer_is_replaced_after_a_fatal_error(fatal: BaseExcepti
 
 
 async def test_kafka_producer_is_kept_after_retriable_errors() -> None:
-    sender = _Sender(["localhost:1"])
+    sender = Sender(["localhost:1"])
     kept = sender._producer = _FakeProducer()  # type: ignore[assignment]
     await sender.replace_if_broken([KafkaTimeoutError(), RequestTimedOutError(), None])
     assert sender._producer is kept

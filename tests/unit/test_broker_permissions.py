@@ -18,7 +18,7 @@ from brokers.credentials import (
     with_credentials,
     without_credentials,
 )
-from brokers.kafka import faststream_security
+from brokers.kafka.connection import faststream_security
 from brokers.nodes import kafka_bootstrap_servers, nats_servers, rabbit_node_urls
 from brokers.permissions import (
     KafkaAcl,
@@ -225,9 +225,9 @@ def test_the_credentials_file_is_read(tmp_path: Path) -> None:
 
 
 def test_nats_gives_the_urls_credentials_to_every_server() -> None:
-    from brokers.nats import _user_password
+    from brokers.nats import user_password
 
-    security = _user_password("nats://order:pw@a:1,nats://b:2")
+    security = user_password("nats://order:pw@a:1,nats://b:2")
     assert security is not None
     assert (security.username, security.password) == ("order", "pw")
-    assert _user_password("nats://a:1") is None
+    assert user_password("nats://a:1") is None

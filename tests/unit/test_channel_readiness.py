@@ -1,4 +1,4 @@
-"""`Transport.consumed_channels_available`, behind /ready's `channels` field."""
+"""`LagReporter.consumed_channels_available`, behind /ready's `channels` field (any transport's `Lag`)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,58 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from brokers import Subscription, create_transport
-from brokers.base import Transport
-from config import Settings
+from brokers import Subscription
+from brokers.engine.readiness import LagReporter
+from brokers.metrics import DeliveryMetrics
 
 
 async def _nothing(_: object) -> None:
     pass
 
 
-def _transport(monkeypatch: pytest.MonkeyPatch, lag: object) -> Transport:
-    transport = create_transport(Settings(broker="nats"), CollectorRegistry(), app_name="t")
-    transport.subscriptions.append(Subscription("order-events", "inventory-service", _nothing, dict))
+class FakeLag:
+    """A `brokers.interface.Lag` answering `lag` (a number, None, an exception to raise, or "hang")."""
 
-    async def consumer_lag(_channel: str, _consumer: str) -> int | None:
-        if isinstance(lag, BaseException):
-            raise lag
-        if lag == "hang":
+    def __init__(self, lag: object, *, consuming: bool = True) -> None:
+        self.lag = lag
+        self.asked = 0
+        self._consuming = consuming
+
+    async def consumer_lag(self, _channel: str, _consumer: str) -> int | None:
+        self.asked += 1
+        if isinstance(self.lag, BaseException):
+            raise self.lag
+        if self.lag == "hang":
             await asyncio.sleep(10)
-        return lag  # type: ignore[return-value]
+        return self.lag  # type: ignore[return-value]
 
-    monkeypatch.setattr(transport, "consumer_lag", consumer_lag)
-    return transport
+    def consuming(self) -> bool:
+        return self._consuming
 
 
-async def test_available_when_every_lag_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert await _transport(monkeypatch, 0).consumed_channels_available(1.0)
+def _reporter(lag: FakeLag) -> LagReporter:
+    reporter = LagReporter(lag, DeliveryMetrics(CollectorRegistry(), "fake"))
+    reporter.subscribed(Subscription("order-events", "inventory-service", _nothing, dict))
+    return reporter
+
+
+async def test_available_when_every_lag_is_answered() -> None:
+    assert await _reporter(FakeLag(0)).consumed_channels_available(1.0)
 
 
 @pytest.mark.parametrize("lag", [None, ConnectionError("no leader"), "hang"])
-async def test_unavailable_when_a_lag_is_unknown_fails_or_hangs(monkeypatch: pytest.MonkeyPatch, lag: object) -> None:
-    assert not await _transport(monkeypatch, lag).consumed_channels_available(0.05)
+async def test_unavailable_when_a_lag_is_unknown_fails_or_hangs(lag: object) -> None:
+    assert not await _reporter(FakeLag(lag)).consumed_channels_available(0.05)
 
 
-async def test_the_answer_is_kept_between_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    transport = _transport(monkeypatch, None)
-    assert not await transport.consumed_channels_available(0.05)
-    monkeypatch.setattr(transport, "consumer_lag", lambda *_: asyncio.sleep(0, result=0))
-    assert not await transport.consumed_channels_available(0.05)  # within CHANNEL_CHECK_S: not asked again
-    transport._channels_checked_at = float("-inf")
-    assert await transport.consumed_channels_available(0.05)
+async def test_unavailable_while_a_subscriber_is_known_not_to_receive() -> None:
+    assert not await _reporter(FakeLag(0, consuming=False)).consumed_channels_available(1.0)
+
+
+async def test_the_answer_is_kept_between_checks() -> None:
+    lag = FakeLag(None)
+    reporter = _reporter(lag)
+    assert not await reporter.consumed_channels_available(0.05)
+    lag.lag = 0
+    assert not await reporter.consumed_channels_available(0.05)  # within CHANNEL_CHECK_S: not asked again
+    assert lag.asked == 1

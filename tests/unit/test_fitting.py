@@ -10,7 +10,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from brokers import create_transport
-from brokers.base import H_EXCEPTION_MESSAGE, H_EXCEPTION_TYPE, H_ORIGINAL_DESTINATION
 from brokers.fitting import (
     CUT_MARK,
     FREE_TEXT_CAP,
@@ -22,7 +21,9 @@ from brokers.fitting import (
     cut_text,
     fit,
 )
-from brokers.rabbit import FRAME_MAX, HEADER_FRAME_ALLOWANCE, RabbitTransport, _header_table_size
+from brokers.model import H_EXCEPTION_MESSAGE, H_EXCEPTION_TYPE, H_ORIGINAL_DESTINATION
+from brokers.rabbit.consumer import RabbitConsumer
+from brokers.rabbit.copies import FRAME_MAX, HEADER_FRAME_ALLOWANCE, header_table_size
 from config import Settings
 
 ENVELOPE = {H_ORIGINAL_DESTINATION, H_EXCEPTION_TYPE, H_EXCEPTION_MESSAGE}
@@ -110,12 +111,13 @@ def test_cut_text() -> None:
 
 def test_rabbit_copies_keep_their_headers_within_one_frame() -> None:
     transport = create_transport(Settings(broker="rabbit"), CollectorRegistry(), app_name="t")
-    assert isinstance(transport, RabbitTransport)
+    consumer = transport.parts.consumer
+    assert isinstance(consumer, RabbitConsumer)
     ours = envelope("m" * 1000)
     small = {**ours, "traceparent": "00-abc"}
-    assert transport._fitted(dict(small), set(ours)) == small  # not connected: the default frame size
+    assert consumer.fitted(dict(small), set(ours)) == small  # not connected: the default frame size
     big = {**ours, "big": "h" * (FRAME_MAX - 400)}
-    fitted = transport._fitted(big, set(ours))
-    assert _header_table_size(b"", fitted) <= FRAME_MAX - HEADER_FRAME_ALLOWANCE
+    fitted = consumer.fitted(big, set(ours))
+    assert header_table_size(b"", fitted) <= FRAME_MAX - HEADER_FRAME_ALLOWANCE
     assert "big" not in fitted
     assert fitted[H_TRIMMED] == "exception-text,headers-dropped"

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from brokers.base import DeadLetter, replay_headers
 from brokers.foreign_headers import (
     BASE64_MARKER,
     amqp_value,
@@ -20,6 +19,7 @@ from brokers.foreign_headers import (
     shown_headers,
     unshown,
 )
+from brokers.model import DeadLetter, replay_headers
 
 # A record as Spring Kafka's DeadLetterPublishingRecoverer publishes it after non-blocking retries:
 # ints and longs as Java writes them (big-endian), text as UTF-8.

@@ -16,10 +16,12 @@ from pydantic import TypeAdapter, ValidationError
 
 os.environ.update({"BROKER": "kafka", "DATA_DIR": tempfile.mkdtemp(prefix="sb-unit-"), "CHANNEL_NAMESPACE": ""})
 
-from brokers.base import DeadLetter
+from brokers import DeadLetter
 from services import inventory, notification, order
 from services.events import OrderCreated
 from services.runtime import MAX_BODY_BYTES, Service
+
+notifications = notification.Notifications.create()  # its handlers too: `report_dead_letter`
 
 TOKEN = "unit-admin-token-0123"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,12 +35,12 @@ def client(service: Service) -> httpx.AsyncClient:
 async def connected(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """The admin token set, and the inventory and notification stores open."""
     monkeypatch.setattr(inventory.service.settings, "admin_token", TOKEN)
-    for service in (inventory.service, notification.service):
+    for service in (inventory.service, notifications.service):
         await service.db.connect(service.schema)
     try:
         yield
     finally:
-        for service in (inventory.service, notification.service):
+        for service in (inventory.service, notifications.service):
             await service.db.close()
 
 
@@ -174,7 +176,7 @@ async def test_a_product_path_outside_the_id_characters_gets_422() -> None:
 # --- item 6: the admin token ---------------------------------------------------------------
 ADMIN_ROUTES = [
     (inventory.service, "PUT", "/inventory/ADMIN-P1", {"available": 3}),
-    (notification.service, "GET", "/dead-letters", None),
+    (notifications.service, "GET", "/dead-letters", None),
 ]
 
 
@@ -247,7 +249,7 @@ async def test_the_dead_letter_log_line_shows_at_most_512_bytes_of_the_body(
     body = (b'{"orderId":"dl-%d","pad":"' % size).ljust(size - 2, b"x") + b'"}'
     letter = DeadLetter(channel="order-events.DLT", body=body, headers={"x-consumer": "inventory-service"})
     with caplog.at_level(logging.WARNING, logger="switchboard.notification"):
-        await notification.report_dead_letter(letter)
+        await notifications.report_dead_letter(letter)
     [line] = [r.getMessage() for r in caplog.records if "DLT received failed message" in r.getMessage()]
     shown = line.removeprefix("DLT received failed message: ")
     if size <= 512:
@@ -256,7 +258,7 @@ async def test_the_dead_letter_log_line_shows_at_most_512_bytes_of_the_body(
         assert shown.startswith(body[:512].decode())
         assert body[:513].decode() not in shown
         assert shown.endswith(f" [cut: {size} bytes, first 512 shown]")
-    kept = await notification.service.db.transaction(
+    kept = await notifications.service.db.transaction(
         lambda tx: tx.fetchone(f"SELECT body FROM {notification.DEAD_LETTERS} ORDER BY id DESC LIMIT 1")
     )
     assert kept[0] == body.decode()  # the store (GET /dead-letters) keeps it whole

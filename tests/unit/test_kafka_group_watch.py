@@ -1,4 +1,4 @@
-"""brokers.kafka_groups.GroupWatch against a fake admin client and fake subscribers."""
+"""brokers.kafka.groups.GroupWatch against a fake admin client and fake subscribers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from brokers import kafka_groups
-from brokers.kafka_groups import GroupWatch
+from brokers.kafka import groups as kafka_groups
+from brokers.kafka.groups import GroupWatch
 
 
 class FakeSubscriber:

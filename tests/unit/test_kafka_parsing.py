@@ -1,4 +1,4 @@
-"""brokers.kafka_parsing: records with binary header values reach the handlers, and the values
+"""brokers.kafka.parsing: records with binary header values reach the handlers, and the values
 they carry on turn back into the original bytes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from brokers.kafka_parsing import header_bytes, lenient_parser
+from brokers.kafka.parsing import header_bytes, lenient_parser
 
 BINARY = bytes([0xFF, 0x00, 0xFE, 0x01])
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from brokers import kafka
-from brokers.kafka import _CommitGate, _Committer
+from brokers.kafka import commits
+from brokers.kafka.commits import CommitGate, Committer
 
 TP = TopicPartition("order-events", 0)
 
@@ -33,9 +33,9 @@ async def _turns(n: int = 5) -> None:
 
 async def test_revocation_waits_for_the_batch_in_flight_and_commits_its_offsets() -> None:
     batch_done = asyncio.Event()
-    gate = _CommitGate(batch_done.wait)
+    gate = CommitGate(batch_done.wait)
     consumer = RecordingConsumer()
-    committer = _Committer(consumer, gate)  # type: ignore[arg-type]
+    committer = Committer(consumer, gate)  # type: ignore[arg-type]
 
     revocation = asyncio.create_task(gate.on_partitions_revoked({TP}))
     await _turns()
@@ -54,11 +54,11 @@ async def test_revocation_waits_for_the_batch_in_flight_and_commits_its_offsets(
 async def test_a_batch_that_does_not_finish_in_time_leaves_its_records_to_the_next_owner(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(kafka, "REVOKE_SETTLE_S", 0.05)
+    monkeypatch.setattr(commits, "REVOKE_SETTLE_S", 0.05)
     never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    gate = _CommitGate(lambda: never)
+    gate = CommitGate(lambda: never)
     consumer = RecordingConsumer()
-    committer = _Committer(consumer, gate)  # type: ignore[arg-type]
+    committer = Committer(consumer, gate)  # type: ignore[arg-type]
 
     with caplog.at_level(logging.WARNING, logger="switchboard.kafka"):
         async with asyncio.timeout(5):
@@ -72,7 +72,7 @@ async def test_a_batch_that_does_not_finish_in_time_leaves_its_records_to_the_ne
 
 async def test_a_join_that_revokes_nothing_does_not_wait_for_batches() -> None:
     never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    gate = _CommitGate(lambda: never)
+    gate = CommitGate(lambda: never)
 
     async with asyncio.timeout(1):
         await gate.on_partitions_revoked(set())

@@ -13,8 +13,11 @@ from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, MaxPayloadError
 from prometheus_client import CollectorRegistry
 
-from brokers import create_transport
-from brokers.nats import CONNECTION_LOST_EXIT, NatsTransport, _check_size, _wire_size, _YieldingPullSubscriber
+from brokers import Transport, create_transport
+from brokers.nats import CONNECTION_LOST_EXIT, check_size, wire_size
+from brokers.nats.connection import NatsConnection
+from brokers.nats.dead_letters import NatsDeadLetters
+from brokers.nats.lifecycle import NatsLifecycle
 from config import Settings
 
 
@@ -38,9 +41,9 @@ async def sent_size(body: bytes, headers: dict[str, str]) -> int:
 async def test_wire_size_is_what_nats_py_sends(headers: dict[str, str]) -> None:
     body = b"b" * 1000
     if not headers:
-        assert _wire_size(body, headers) == len(body)
+        assert wire_size(body, headers) == len(body)
     else:
-        assert _wire_size(body, headers) == await sent_size(body, headers)
+        assert wire_size(body, headers) == await sent_size(body, headers)
 
 
 class _Connection:
@@ -49,35 +52,41 @@ class _Connection:
 
 def test_a_publish_over_max_payload_with_its_headers_is_refused() -> None:
     headers = {"x-exception-message": "m" * 100}
-    body = b"b" * (1000 - _wire_size(b"", headers))
-    _check_size(_Connection(), body, headers)  # exactly the limit
+    body = b"b" * (1000 - wire_size(b"", headers))
+    check_size(_Connection(), body, headers)  # exactly the limit
     with pytest.raises(MaxPayloadError):
-        _check_size(_Connection(), body + b"b", headers)
+        check_size(_Connection(), body + b"b", headers)
 
 
-def nats_transport() -> NatsTransport:
+def nats_transport() -> Transport:
     transport = create_transport(Settings(broker="nats"), CollectorRegistry(), app_name="t")
-    assert isinstance(transport, NatsTransport)
+    assert transport.label == "nats"
     return transport
+
+
+def connection(transport: Transport) -> NatsConnection:
+    lifecycle = transport.parts.lifecycle
+    assert isinstance(lifecycle, NatsLifecycle)
+    return lifecycle.conn
 
 
 async def test_a_connection_closed_by_the_server_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[int] = []
-    monkeypatch.setattr("brokers.nats.os._exit", exits.append)
+    monkeypatch.setattr("brokers.nats.connection.os._exit", exits.append)
     transport = nats_transport()
     transport.broker.running = True
-    await transport._on_connection_closed()
+    await connection(transport).on_connection_closed()
     assert exits == [CONNECTION_LOST_EXIT]
 
 
 async def test_a_stop_we_asked_for_does_not_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[Any] = []
-    monkeypatch.setattr("brokers.nats.os._exit", exits.append)
+    monkeypatch.setattr("brokers.nats.connection.os._exit", exits.append)
     transport = nats_transport()
-    await transport._on_connection_closed()  # not running: a CLI, or after broker.stop()
+    await connection(transport).on_connection_closed()  # not running: a CLI, or after broker.stop()
     transport.broker.running = True
-    transport._draining = True  # SIGTERM: draining before the broker stops
-    await transport._on_connection_closed()
+    await transport.parts.consumer.drain(transport.settled)  # SIGTERM: draining before the broker stops
+    await connection(transport).on_connection_closed()
     await asyncio.sleep(0)
     assert exits == []
 
@@ -90,7 +99,9 @@ async def test_a_dead_letter_listener_backs_off_when_it_cannot_pull() -> None:
         return None
 
     transport.listen_dead_letters("ch", "c", listener)
-    [subscriber] = [s for s in transport.broker.subscribers if isinstance(s, _YieldingPullSubscriber)]
+    dead_letters = transport.parts.dead_letters
+    assert isinstance(dead_letters, NatsDeadLetters)
+    [pull] = dead_letters.listeners
     pulls: list[float] = []
 
     class ClosedSubscription:
@@ -98,8 +109,8 @@ async def test_a_dead_letter_listener_backs_off_when_it_cannot_pull() -> None:
             pulls.append(time.monotonic())
             raise ConnectionClosedError
 
-    subscriber.subscription = ClosedSubscription()  # type: ignore[assignment]
-    subscriber.running = True
+    pull.subscription = ClosedSubscription()
+    pull.subscriber.running = True
     turns = 0
 
     async def other_work() -> None:
@@ -109,9 +120,9 @@ async def test_a_dead_letter_listener_backs_off_when_it_cannot_pull() -> None:
             await asyncio.sleep(0.01)
 
     others = asyncio.create_task(other_work())
-    loop = asyncio.create_task(subscriber._consume_pull(None))
+    loop = asyncio.create_task(pull.pull_loop())
     await asyncio.sleep(0.8)
-    subscriber.running = False
+    pull.subscriber.running = False
     loop.cancel()
     others.cancel()
     assert 1 <= len(pulls) <= 3  # 0.5 s, then 1 s between pulls

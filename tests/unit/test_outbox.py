@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers.base import Outgoing
+from brokers.model import Outgoing
 from services import outbox as outbox_module
 from services.events import InventoryRejected
 from services.outbox import HIGH_WATER, Outbox

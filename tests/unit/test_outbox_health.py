@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 os.environ.update({"BROKER": "kafka", "DATA_DIR": tempfile.mkdtemp(prefix="sb-unit-"), "CHANNEL_NAMESPACE": ""})
 
-from brokers.base import EVENT_ID_HEADER, Outgoing
+from brokers.model import EVENT_ID_HEADER, Outgoing
 from services import order
 from services import outbox as outbox_module
 from services.outbox import Outbox

@@ -14,8 +14,8 @@ from faststream.nats import JStream
 from nats.js.errors import BadRequestError, NotFoundError, ServerError
 
 from brokers import Provisioning, provisioning
-from brokers.kafka_provision import COPY_HEADROOM_BYTES, provision_topics
-from brokers.nats_provision import StreamProvisioner, cluster_size
+from brokers.kafka.provision import COPY_HEADROOM_BYTES, provision_topics
+from brokers.nats.provision import StreamProvisioner, cluster_size
 from brokers.provisioning import (
     CREATED,
     EXISTS,
@@ -30,7 +30,7 @@ from brokers.provisioning import (
     log_outcomes,
     nats_replicas,
 )
-from brokers.rabbit_provision import _Declarer, _use_as_it_is, declare_nothing
+from brokers.rabbit.provision import Declarer, declare_nothing, use_as_it_is
 from config import Settings
 
 BROKER_MESSAGE_MAX = 1048588
@@ -385,8 +385,8 @@ class _OpenChannel:
         self.is_closed = True
 
 
-def _declarer(*, dry_run: bool = False) -> _Declarer:
-    declarer = _Declarer(None, dry_run=dry_run)  # type: ignore[arg-type]
+def _declarer(*, dry_run: bool = False) -> Declarer:
+    declarer = Declarer(None, dry_run=dry_run)  # type: ignore[arg-type]
 
     async def _open() -> Any:
         return _OpenChannel()
@@ -453,9 +453,9 @@ def _fake_broker() -> Any:
 
 def test_rabbit_mismatched_queue_is_used_as_it_is_by_faststream() -> None:
     broker = _fake_broker()
-    _use_as_it_is(broker, queue="c.DLT.listener")
+    use_as_it_is(broker, queue="c.DLT.listener")
     assert [s.queue.declare for s in broker.subscribers] == [False, True]
-    _use_as_it_is(broker, exchange="c")
+    use_as_it_is(broker, exchange="c")
     assert [s.exchange.declare for s in broker.subscribers] == [True, False]
     assert broker.publishers[0].exchange.declare is False
 

@@ -5,7 +5,6 @@ statements of this one never moves the status back."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from itertools import permutations
@@ -13,8 +12,7 @@ from typing import Any
 
 import pytest
 
-os.environ.update({"BROKER": "kafka", "DATA_DIR": tempfile.mkdtemp(prefix="sb-unit-"), "CHANNEL_NAMESPACE": ""})
-
+from config import Settings
 from services import order
 from services.events import (
     Event,
@@ -27,7 +25,10 @@ from services.events import (
 from services.store import Tx
 from tests.support.system import uid
 
-service = order.service
+orders = order.Orders.create(
+    Settings(broker="kafka", data_dir=tempfile.mkdtemp(prefix="sb-unit-"), channel_namespace="")
+)
+service = orders.service
 DECLINED = "payment declined for user declined-7"
 NO_STOCK = "insufficient stock for P1: requested 2, available 1"
 
@@ -55,17 +56,17 @@ async def store() -> AsyncIterator[None]:
 async def place() -> str:
     order_id = uid("saga-")
     placed = order.PlaceOrder(order_id=order_id, items=[{"productId": "P1", "quantity": 2}])
-    assert await service.db.transaction(lambda tx: order._place(tx, order_id, placed))
+    assert await service.db.transaction(lambda tx: orders.place(tx, order_id, placed))
     return order_id
 
 
 async def deliver(event: Event) -> None:
     """What the order service's subscriptions do with the event."""
     if isinstance(event, InventoryReserved | InventoryRejected | InventoryReleased):
-        await order.track_inventory(event)
+        await orders.track_inventory(event)
     else:
         assert isinstance(event, PaymentProcessed | PaymentFailed)
-        await order.track_payment(event)
+        await orders.track_payment(event)
 
 
 async def status_of(order_id: str) -> tuple[Any, ...] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from brokers.base import _SettleQueue
+from brokers.engine.batching import SettleQueue as _SettleQueue
 
 
 async def test_a_batch_hands_off_while_an_earlier_hand_off_waits_but_settles_after_it() -> None:

@@ -148,7 +148,5 @@ class GroupWatch:
         counts: dict[str, int] = {}
         for response in await admin.describe_consumer_groups(sorted(groups)):
             for described in response.to_object()["groups"]:
-                counts[described["group"]] = sum(
-                    1 for m in described["members"] if m["client_id"] == self.client_id
-                )
+                counts[described["group"]] = sum(1 for m in described["members"] if m["client_id"] == self.client_id)
         return counts

@@ -1,8 +1,8 @@
 """JetStream streams, created with num_replicas = min(3, cluster size).
 
 How the cluster size is found: no JetStream API tells an ordinary account how many servers
-its cluster has, so the connected server's INFO is read (nats-py keeps it only as
-`Client._server_info`; 2.16 has no public accessor): a server without a `cluster` name is
+its cluster has, so the connected server's INFO is read (`brokers.nats.internals.server_info`:
+nats-py has no public accessor): a server without a `cluster` name is
 standalone (size 1); a clustered one announces the client URLs of every server of its cluster,
 itself included, in `connect_urls` (size = their count). When that is unknown (INFO not kept,
 or a cluster configured with `no_advertise`) 3 replicas are asked for. Creation then falls
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import APIError, NotFoundError
 
+from brokers.nats.internals import server_info
 from brokers.provisioning import (
     CREATED,
     FAILED,
@@ -53,8 +54,8 @@ NAME_IN_USE = 10058
 
 def cluster_size(client: Any) -> int | None:
     """Servers in the connected server's cluster (see the module docstring); None if unknown."""
-    info = getattr(client, "_server_info", None)
-    if not isinstance(info, dict) or not info:
+    info = server_info(client)
+    if not info:
         return None
     if not info.get("cluster"):
         return 1

@@ -2,7 +2,7 @@
 
 What a service uses: its subscribers' queues (consumer queues `<channel>.<consumer>`,
 dead-letter listener queues `<channel>.DLT.<consumer>`) with the exchanges they are bound
-to, its publishers' exchanges, and what the transport adds (`RabbitTransport.provision`):
+to, its publishers' exchanges, and what the transport adds (`RabbitChannels.provision`):
 the delay queues `<queue>.retry-<delay>ms` and the contract's DLT queues `<channel>.DLT`,
 bound to their dead-letter exchanges.
 
@@ -53,11 +53,11 @@ def declare_nothing(broker: Any) -> None:
             publisher.exchange.declare = False
 
 
-async def provision_objects(broker: Any, own: Plan, *, dry_run: bool = False) -> list[Provisioned]:
+async def provision_objects(
+    broker: Any, connection: AbstractConnection, own: Plan, *, dry_run: bool = False
+) -> list[Provisioned]:
     """Provision the exchanges, then the queues (and their bindings) of `broker`'s subscribers,
-    publishers and `own`. One outcome per object, exchanges first."""
-    connection = broker._connection  # FastStream's aio-pika connection (as `consumer_lag` uses it)
-    assert connection is not None, "broker not connected"
+    publishers and `own`, on `connection` (the broker's). One outcome per object, exchanges first."""
     plan = [*subscriber_queues(broker), *own]
     exchanges: dict[str, RabbitExchange] = {}
     for publisher in broker.publishers:
@@ -66,19 +66,19 @@ async def provision_objects(broker: Any, own: Plan, *, dry_run: bool = False) ->
     for _, exchange in plan:
         if exchange is not None:
             exchanges.setdefault(exchange.name, exchange)
-    declarer = _Declarer(connection, dry_run=dry_run)
+    declarer = Declarer(connection, dry_run=dry_run)
     try:
         outcomes = {name: await declarer.exchange(exchange) for name, exchange in sorted(exchanges.items())}
         for name, outcome in outcomes.items():
             if outcome.outcome == MISMATCH:
-                _use_as_it_is(broker, exchange=name)
+                use_as_it_is(broker, exchange=name)
         queues: dict[str, Provisioned] = {}
         for queue, exchange in plan:
             if queue.name in queues:
                 continue
             queues[queue.name] = outcome = await declarer.queue(queue)
             if outcome.outcome == MISMATCH:
-                _use_as_it_is(broker, queue=queue.name)
+                use_as_it_is(broker, queue=queue.name)
             usable = outcome.outcome in (CREATED, EXISTS, MISMATCH)
             if exchange is not None and usable and outcomes[exchange.name].outcome != FAILED and not dry_run:
                 try:
@@ -90,7 +90,7 @@ async def provision_objects(broker: Any, own: Plan, *, dry_run: bool = False) ->
     return [*outcomes.values(), *sorted(queues.values(), key=lambda outcome: outcome.name)]
 
 
-def _use_as_it_is(broker: Any, *, queue: str = "", exchange: str = "") -> None:
+def use_as_it_is(broker: Any, *, queue: str = "", exchange: str = "") -> None:
     """FastStream declares the mismatched queue or exchange passively: it uses it as it is."""
     for subscriber in broker.subscribers:
         if queue and subscriber.queue.name == queue:
@@ -112,7 +112,10 @@ def queue_text(queue: RabbitQueue) -> str:
     return text
 
 
-class _Declarer:
+class Declarer:
+    """Declares on a channel of its own (non-robust: a refused declaration closes it, and the next
+    declaration opens another)."""
+
     def __init__(self, connection: AbstractConnection, *, dry_run: bool) -> None:
         self._connection = connection
         self._dry_run = dry_run
