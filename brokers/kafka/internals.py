@@ -14,6 +14,6 @@ async def send_request(admin: AIOKafkaAdminClient, request: Request[Any]) -> Any
     """Send a protocol `Request` to any broker of the cluster and return its response.
 
     aiokafka 0.14's admin client has no ACL calls (CreateAcls/DeleteAcls, used by
-    `brokers.permissions.apply_kafka_acls`); its request types are public, but the only way to send
+    `brokers.kafka.permissions.apply_kafka_acls`); its request types are public, but the only way to send
     one is the admin client's `_send_request`."""
     return await admin._send_request(request)

@@ -611,7 +611,7 @@ class RabbitRaw(BenchClient):
 
 # --------------------------------------------------------------------------- NATS JetStream
 def stream_name(channel: str) -> str:
-    """The services' stream naming (brokers/nats.py): dots become underscores."""
+    """The services' stream naming (brokers.nats.stream_name): dots become underscores."""
     return channel.replace(".", "_")
 
 

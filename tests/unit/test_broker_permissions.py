@@ -19,19 +19,11 @@ from brokers.credentials import (
     without_credentials,
 )
 from brokers.kafka.connection import faststream_security
+from brokers.kafka.permissions import KafkaAcl, kafka_acls
+from brokers.nats.permissions import nats_authorization, nats_permissions
 from brokers.nodes import kafka_bootstrap_servers, nats_servers, rabbit_node_urls
-from brokers.permissions import (
-    KafkaAcl,
-    ServiceChannels,
-    discover,
-    kafka_acls,
-    nats_authorization,
-    nats_permissions,
-    rabbit_definitions,
-    rabbit_password_hash,
-    rabbit_permissions,
-    read_passwords,
-)
+from brokers.permissions import ServiceChannels, discover, read_passwords
+from brokers.rabbit.permissions import rabbit_definitions, rabbit_password_hash, rabbit_permissions
 from config import Settings
 
 ORDER = ServiceChannels(

@@ -19,7 +19,7 @@ def test_the_admin_client_still_has_no_public_acl_calls() -> None:
     public = {name for name in dir(AIOKafkaAdminClient) if not name.startswith("_")}
     acl_calls = {name for name in public if "acl" in name.lower()}
     assert not acl_calls, (
-        f"{VERSION} has public ACL calls {sorted(acl_calls)}: use them in brokers.permissions "
+        f"{VERSION} has public ACL calls {sorted(acl_calls)}: use them in brokers.kafka.permissions "
         "and drop brokers.kafka.internals.send_request"
     )
 
