@@ -446,6 +446,11 @@ class Service:
 
     # --- lifecycle -----------------------------------------------------------------
     async def _on_startup(self) -> None:
+        if self.transport.broker is None:  # e.g. `memory`: its channels live inside one process
+            raise RuntimeError(
+                f"BROKER={self.settings.broker} keeps its channels inside one process (for tests); "
+                "a service process needs a broker the other services reach"
+            )
         self._warn_if_admin_disabled()
         await self.db.connect(self.schema)
         await self.transport.connect()

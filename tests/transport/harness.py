@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -105,9 +106,11 @@ class Harness:
         return f"{name}-{uuid.uuid4().hex[:8]}"
 
     def transport(
-        self, *, retry_delay_ms: int = 100, max_attempts: int = 3, multiplier: float = 1.0
+        self, *, retry_delay_ms: int = 100, max_attempts: int = 3, multiplier: float = 1.0, spans: bool = False
     ) -> tuple[Transport, CollectorRegistry]:
-        """A transport built as a service builds it (`create_transport`), with its own registry."""
+        """A transport built as a service builds it (`create_transport`), with its own registry;
+        `spans`: with a tracer provider, as when OTEL_EXPORTER_OTLP_ENDPOINT is set (every publish
+        then takes the path that records publish spans)."""
         settings = Settings(
             broker=self.name,
             broker_url=None,
@@ -117,7 +120,8 @@ class Harness:
             retry_backoff_multiplier=multiplier,
         )
         registry = CollectorRegistry()
-        t = create_transport(settings, registry, app_name=f"conformance-{self.name}")
+        tracer = TracerProvider() if spans else None
+        t = create_transport(settings, registry, app_name=f"conformance-{self.name}", tracer_provider=tracer)
         for channel in self.channels:  # as a service declares what it publishes (provisioned on start)
             t.declare_publisher(channel, Ping, "conformance test events")
         return t, registry

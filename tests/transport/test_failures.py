@@ -7,6 +7,8 @@ import itertools
 import json
 from datetime import datetime
 
+import pytest
+
 from brokers import DeadLetter, Transport
 from tests.transport.harness import Harness, Ping, Recorder, eventually, ping
 
@@ -25,9 +27,10 @@ def sample(registry: object, name: str, **labels: str) -> float:
     return 0.0 if value is None else float(value)
 
 
-async def test_a_failing_message_is_retried_after_the_delay_until_it_succeeds(harness: Harness) -> None:
+@pytest.mark.parametrize("spans", [False, True], ids=["", "spans"])
+async def test_a_failing_message_is_retried_after_the_delay_until_it_succeeds(harness: Harness, spans: bool) -> None:
     channel, consumer = harness.channel(), harness.consumer()
-    t, registry = harness.transport(retry_delay_ms=300, max_attempts=3)
+    t, registry = harness.transport(retry_delay_ms=300, max_attempts=3, spans=spans)
     failures: list[int] = []
 
     async def fail_twice(event: Ping) -> None:
@@ -95,9 +98,10 @@ async def test_a_scheduled_retry_outlives_its_consumers_stop(harness: Harness) -
     await eventually(lambda: later.handled_ns() == [1], "the retried delivery reaches the next consumer")
 
 
-async def test_an_exhausted_message_lands_on_the_dlt_with_the_envelope(harness: Harness) -> None:
+@pytest.mark.parametrize("spans", [False, True], ids=["", "spans"])
+async def test_an_exhausted_message_lands_on_the_dlt_with_the_envelope(harness: Harness, spans: bool) -> None:
     channel, consumer = harness.channel(), harness.consumer()
-    t, registry = harness.transport(retry_delay_ms=50, max_attempts=2)
+    t, registry = harness.transport(retry_delay_ms=50, max_attempts=2, spans=spans)
 
     async def always_fail(event: Ping) -> None:
         raise ValueError(f"boom {event.n}\nsecond line")
