@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from brokers.rabbit.connection import RabbitConnection
 
 
+GET_TIMEOUT_S = 60.0
+"""One `basic.get` of a dead letter: up to `max_message_size` (128 MiB) on a busy machine (aio-pika's default is 5 s)."""
+
 class RabbitDeadLetters:
     def __init__(self, state: RabbitConnection) -> None:
         self._state = state
@@ -57,7 +60,7 @@ class RabbitDeadLetters:
             # only what is there now: a replayed message that fails again is a new dead letter
             waiting = int(queue.declaration_result.message_count or 0)
             while len(letters) < min(limit, waiting):
-                incoming = await queue.get(no_ack=False, fail=False)
+                incoming = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
                 if incoming is None:
                     break
                 raw = tuple((incoming.headers or {}).items())
