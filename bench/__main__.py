@@ -37,11 +37,17 @@ from typing import Any
 
 import httpx
 
-from bench.common import PORT_BASE, jsonable, namespace, run_on_uvloop, spread
+from bench.common import jsonable, namespace, run_on_uvloop, spread
 from bench.load import have_wrk
 from bench.scenarios import SCENARIOS, Ctx
 from tests.support.raw import BenchClient, known_brokers, raw_client
-from tests.support.system import ROOT, stop_all
+from tests.support.system import ROOT, PortBlocks, stop_all
+
+PORT_BASE = PortBlocks(
+    {"kafka": 28300, "rabbit": 28330, "nats": 28360, "redis": 28390}, size=30, spare=range(28420, 29020)
+)
+"""HTTP ports of the services a benchmark starts: 30 per broker from 28300 (kafka, rabbit, nats,
+redis: 28300-28419), any other broker a block of 28420-29019 (see docs/benchmarks.md)."""
 
 ORDER = ("raw", "consumer", "failing", "ingest", "latency")
 TARGETS = {

@@ -1,6 +1,7 @@
 """Small helpers shared by the benchmark modules: event bodies, statistics, service settings.
 
-Service processes and raw broker clients are the tests' (`tests.support.system`, `tests.support.raw`)."""
+Service processes and raw broker clients are the tests' (`tests.support.system`, `tests.support.raw`);
+nothing here imports them, so the load generator (`bench.load`, a process of its own) starts quickly."""
 
 from __future__ import annotations
 
@@ -12,20 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.support.system import PortBlocks
-
 T = TypeVar("T")
 ADMIN_TOKEN = "bench-admin-token"
 PRODUCTS = tuple(f"BENCH-P{i}" for i in range(8))
 FAIL_PRODUCT = "FAIL"
 STOCK_PER_PRODUCT = 1_000_000
-
-PORT_BASE = PortBlocks(
-    {"kafka": 28300, "rabbit": 28330, "nats": 28360, "redis": 28390}, size=30, spare=range(28420, 29020)
-)
-"""HTTP ports of the services a benchmark starts: 30 per broker from 28300 (kafka, rabbit, nats,
-redis: 28300-28419), any other broker a block of 28420-29019 (see docs/benchmarks.md)."""
-
 
 def namespace(broker: str, scenario: str) -> str:
     """A fresh CHANNEL_NAMESPACE per scenario run (no state shared with any other run)."""
