@@ -76,9 +76,8 @@ class WalCheckpointer:
     """Copies an SQLite WAL back into the database file every CHECKPOINT_INTERVAL_S, on its own
     thread with its own connection. PASSIVE: it never waits for, nor blocks, the writer.
     SQLite's automatic checkpoint would run inside whichever COMMIT crosses 1000 WAL pages, on
-    the event loop's thread, and stall every request and message for its fsync (measured on
-    Kafka at 500 orders/s: p99 POST→RESERVED 52 ms (26-60) with it, 24-27 ms without).
-    Every use of the connection, its close included, runs on that one thread, in order."""
+    the event loop's thread, and stall every request and message for its fsync (a tail-latency
+    cost, docs/benchmarks.md). Every use of the connection, its close included, runs on that one thread, in order."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -69,10 +69,9 @@ class SettleQueue:
     first the hand-off of a batch's failed messages to retry/DLT (broker round trips), which
     starts at once, alongside earlier batches' hand-offs; then the batch's acknowledgement,
     strictly in batch order: Kafka commits offsets, and a later batch's commit must not pass
-    an earlier batch's record that is still being handed on. (Hand-offs that waited for the
-    previous batch's settlement, one round trip each, stalled the consumer: 0.8 s of a 2.5 s
-    Kafka run with 10 % failing.) At most MAX_UNSETTLED_BATCHES wait; beyond that the
-    consumer waits for the oldest."""
+    an earlier batch's record that is still being handed on (a hand-off waiting for the previous
+    settlement would cost the consumer a round trip per failing batch). At most
+    MAX_UNSETTLED_BATCHES wait; beyond that the consumer waits for the oldest."""
 
     def __init__(self) -> None:
         self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
