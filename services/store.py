@@ -77,7 +77,7 @@ class WalCheckpointer:
     thread with its own connection. PASSIVE: it never waits for, nor blocks, the writer.
     SQLite's automatic checkpoint would run inside whichever COMMIT crosses 1000 WAL pages, on
     the event loop's thread, and stall every request and message for its fsync (a tail-latency
-    cost, docs/benchmarks.md). Every use of the connection, its close included, runs on that one thread, in order."""
+    cost). Every use of the connection, its close included, runs on that one thread, in order."""
 
     def __init__(self, path: str) -> None:
         self.path = path
