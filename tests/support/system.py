@@ -270,10 +270,14 @@ class ServiceProcess:
         except OSError:
             return ""
 
-    def log_lines(self, needle: str) -> list[tuple[datetime, str]]:
-        """(timestamp, line) of every log line containing `needle`."""
+    def log_lines(self, needle: str, *, since_start: bool = False) -> list[tuple[datetime, str]]:
+        """(timestamp, line) of every log line containing `needle`; `since_start`: only those the
+        running process wrote (a short read while the whole log grows)."""
         found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset if since_start else 0)
+            text = log.read().decode(errors="replace")
+        for line in text.splitlines():
             if needle in line and (m := LOG_TIME.match(line)):
                 found.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), line))
         return found
