@@ -375,7 +375,9 @@ class System:
             name: ServiceProcess(name, base + i, {**self.env, **own.get(name, {})}, workdir)
             for i, name in enumerate(SERVICES)
         }
-        self.http = httpx.AsyncClient(timeout=10.0)
+        # idle connections are dropped before the services close them (their keep-alive timeout is
+        # 5 s, httpx's default expiry too): a request on a connection the server is closing fails
+        self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(keepalive_expiry=2.0))
 
     def channel(self, name: str) -> str:
         return f"{self.namespace}.{name}"
